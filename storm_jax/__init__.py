@@ -1,0 +1,56 @@
+"""storm-jax: differentiable analysis of StoRM (stochastic regeneration for speech enhancement).
+
+Layout: ``audio`` (STFT, compression, normalisation) · ``sde`` (OUVE) · ``nn`` (NCSN++) ·
+``model`` (predictor and score) · ``sampling`` (discrete reverse process over explicit draws) ·
+``pipeline`` (waveform → waveform, and the map M ↦ ŝ(M)) · ``metrics`` · ``checkpoints``.
+"""
+
+from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
+from .checkpoints import load_model, save_model
+from .metrics import si_sdr
+from .model import CONDITIONS, StormConfig, StormModel, init_storm, predictor, score, storm_config
+from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
+from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixture, enhance_waveform, mix, spec_shape
+from .sampling import Draws, SamplerConfig, make_draws, sample, sample_with_score, time_grid
+from .sde import OUVE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONDITIONS",
+    "Draws",
+    "EnhanceConfig",
+    "Enhanced",
+    "NCSNpp",
+    "NCSNppConfig",
+    "OUVE",
+    "SamplerConfig",
+    "SpecConfig",
+    "StormConfig",
+    "StormModel",
+    "compress",
+    "decompress",
+    "draws_for",
+    "enhance",
+    "enhance_mixture",
+    "enhance_waveform",
+    "init_storm",
+    "istft",
+    "load_model",
+    "make_draws",
+    "mix",
+    "ncsnpp_config",
+    "normalization_factor",
+    "pad_frames",
+    "predictor",
+    "sample",
+    "sample_with_score",
+    "save_model",
+    "score",
+    "si_sdr",
+    "spec_shape",
+    "stft",
+    "storm_config",
+    "time_grid",
+    "unpad_frames",
+]

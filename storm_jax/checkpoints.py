@@ -1,0 +1,132 @@
+"""Saving and loading StoRM models: a ``config.json`` plus an orbax checkpoint of the parameters.
+
+Layout of a model directory::
+
+    config.json          StormConfig as JSON (format version, backbone, sde, spec, condition)
+    params/              orbax StandardCheckpointer tree {"predictor": …, "score": …}
+
+Writes go to a temporary sibling directory which is renamed into place, so a crash never leaves
+a half-written model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .audio import SpecConfig
+from .model import StormConfig, StormModel, init_storm
+from .nn import NCSNppConfig, ncsnpp_config
+from .sde import OUVE
+
+__all__ = ["config_to_dict", "config_from_dict", "save_model", "load_model", "resolve_model"]
+
+_FORMAT = "storm-jax/model/1"
+
+
+def config_to_dict(config: StormConfig) -> dict:
+    """JSON-ready dict of a :class:`StormConfig` (tuples become lists)."""
+    d = dataclasses.asdict(config)
+    d["format"] = _FORMAT
+    return d
+
+
+def _build(cls, d: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} fields {sorted(unknown)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kw)
+
+
+def config_from_dict(d: dict, where: str = "config") -> StormConfig:
+    """Inverse of :func:`config_to_dict`; ``where`` names the source in error messages."""
+    d = dict(d)
+    fmt = d.pop("format", _FORMAT)
+    if fmt != _FORMAT:
+        raise ValueError(f"{where}: unsupported model format {fmt!r} (expected {_FORMAT!r})")
+    try:
+        return StormConfig(
+            backbone=_build(NCSNppConfig, d.pop("backbone"), where),
+            sde=_build(OUVE, d.pop("sde"), where),
+            spec=_build(SpecConfig, d.pop("spec"), where),
+            **d,
+        )
+    except KeyError as err:
+        raise ValueError(f"{where}: missing field {err}") from None
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def save_model(model: StormModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to the directory ``path`` (replaced atomically if it exists)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=2))
+        tree = {k: v for k, v in model.params.items() if v is not None}
+        tree = jax.tree_util.tree_map(np.asarray, tree)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", tree)
+            ckptr.wait_until_finished()
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike, dtype=jnp.float32) -> StormModel:
+    """Load a model directory written by :func:`save_model` (parameters cast to ``dtype``)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path}: not a storm-jax model directory (no config.json)")
+    try:
+        cfg = config_from_dict(json.loads(cfg_file.read_text()), where=str(cfg_file))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_file}: invalid JSON ({err})") from None
+    # Restore against the abstract tree of a freshly built model so structure and shapes are checked.
+    abstract = jax.eval_shape(lambda: init_storm(cfg, jax.random.key(0)).params)
+    target = {k: v for k, v in abstract.items() if v is not None}
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            restored = ckptr.restore(path / "params", target)
+        except Exception as err:
+            raise ValueError(f"{path / 'params'}: parameters do not match config.json ({str(err).splitlines()[0]})") from None
+    params = {"predictor": restored.get("predictor"), "score": restored.get("score")}
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return StormModel(config=cfg, params=params).astype(dtype)
+
+
+def resolve_model(spec: str | None, key=None) -> StormModel:
+    """A model from a CLI-style spec: a model directory, or ``preset:NAME`` (random weights,
+    for testing the plumbing)."""
+    if spec is None:
+        spec = "preset:tiny"
+    if spec.startswith("preset:"):
+        name = spec.split(":", 1)[1]
+        ncsnpp_config(name)  # validates the name
+        return init_storm(name, jax.random.key(0) if key is None else key)
+    return load_model(spec)

@@ -1,0 +1,168 @@
+"""The StoRM model: a predictor network Π and a score network s_θ, as pure functions.
+
+Reference: ``sgmse/model.py``, ``StochasticRegenerationModel`` (``storm-reference.md`` § StoRM
+model). One backbone configuration is shared by both networks, as in the reference (a single
+kwargs dict is passed to both constructors); the predictor is that backbone in discriminative
+mode with 2 input channels, the score network has ``2·(1 + #conditions)`` input channels.
+
+* ``C = Π(Y)``: the predictor's output (no sign change, no time input).
+* ``s = s_θ(x, t, Y, C) = −net([x, Y, C], t)`` for ``condition="both"``; ``[x, Y]`` for
+  ``"noisy"``; ``[x, C]`` for ``"predictor"`` (the reference's ``post_denoiser``; the seed
+  paper's setting in which the score sees only C). The packed real channels are
+  ``[Re x, Im x, Re Y, Im Y, Re C, Im C]``, each mapped ``2v − 1`` inside the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Complex, Float
+
+from .audio import SpecConfig
+from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
+from .sde import OUVE
+
+__all__ = ["StormConfig", "StormModel", "init_storm", "predictor", "score", "CONDITIONS", "storm_config"]
+
+CONDITIONS = ("both", "noisy", "predictor")
+
+
+@dataclasses.dataclass(frozen=True)
+class StormConfig:
+    """Everything that defines a StoRM model apart from its weights (hashable, static).
+
+    Attributes:
+        backbone: NCSN++ settings shared by both networks (``input_channels`` and
+            ``discriminative`` are overridden per network, see :meth:`predictor_net`).
+        sde: the OUVE SDE and its noise schedule.
+        spec: STFT and compression settings.
+        condition: what the score network sees besides x: ``both`` (Y and C, the reference
+            default), ``noisy`` (Y only) or ``predictor`` (C only).
+        has_predictor, has_score: ``False`` for the reference's score-only / predictor-only models.
+    """
+
+    backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
+    sde: OUVE = dataclasses.field(default_factory=OUVE)
+    spec: SpecConfig = dataclasses.field(default_factory=SpecConfig)
+    condition: Literal["both", "noisy", "predictor"] = "both"
+    has_predictor: bool = True
+    has_score: bool = True
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {self.condition!r}; choose one of {CONDITIONS}")
+        if not (self.has_predictor or self.has_score):
+            raise ValueError("a StoRM model needs a predictor, a score network, or both")
+        if self.condition in ("both", "predictor") and self.has_score and not self.has_predictor:
+            raise ValueError(f"condition={self.condition!r} needs a predictor network")
+
+    @property
+    def score_inputs(self) -> int:
+        """Number of complex channels the score network sees (x plus conditions)."""
+        return 3 if self.condition == "both" else 2
+
+    def predictor_net(self) -> NCSNppConfig:
+        """Backbone of Π: discriminative, 2 real input channels (Re Y, Im Y)."""
+        return dataclasses.replace(self.backbone, discriminative=True, input_channels=2)
+
+    def score_net(self) -> NCSNppConfig:
+        """Backbone of s_θ: time-conditional, ``2·score_inputs`` real input channels."""
+        return dataclasses.replace(self.backbone, discriminative=False, input_channels=2 * self.score_inputs)
+
+
+def storm_config(preset: str = "ncsnpp", **overrides: Any) -> StormConfig:
+    """A :class:`StormConfig` with the NCSN++ preset ``preset`` (``tiny``, ``small``, ``ncsnpp``,
+    ``ncsnpplarge``, ``ncsnpp12M``, ``ncsnpp6M``); other fields from ``overrides``."""
+    return StormConfig(backbone=ncsnpp_config(preset), **overrides)
+
+
+@flax.struct.dataclass
+class StormModel:
+    """A StoRM model: its static config and a parameter pytree
+    ``{"predictor": params or None, "score": params or None}``."""
+
+    config: StormConfig = flax.struct.field(pytree_node=False)
+    params: dict
+
+    def astype(self, dtype) -> "StormModel":
+        """The same model with every floating parameter cast to ``dtype`` (e.g. float64)."""
+        cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
+        return self.replace(params=jax.tree_util.tree_map(cast, self.params))
+
+
+def init_storm(config: StormConfig | str, key: Array, *, frames: int = 64, dtype=jnp.float32) -> StormModel:
+    """Randomly initialised StoRM model. ``config`` may also be a preset name.
+
+    The networks are fully convolutional: ``frames`` only sets the shape used for tracing the
+    initialisation (any multiple of ``2^(len(ch_mult)−1)`` works later).
+    """
+    if isinstance(config, str):
+        config = storm_config(config)
+    kp, ks = jax.random.split(key)
+    F = config.spec.n_freqs
+    cdt = jnp.result_type(dtype, jnp.complex64)
+    params: dict = {"predictor": None, "score": None}
+    if config.has_predictor:
+        x = jnp.zeros((1, F, frames, 1), cdt)
+        params["predictor"] = NCSNpp(config.predictor_net()).init(kp, x, None)["params"]
+    if config.has_score:
+        x = jnp.zeros((1, F, frames, config.score_inputs), cdt)
+        t = jnp.ones((1,), dtype)
+        params["score"] = NCSNpp(config.score_net()).init(ks, x, t)["params"]
+    model = StormModel(config=config, params=params)
+    return model.astype(dtype) if dtype != jnp.float32 else model
+
+
+def _flatten(a, core: int):
+    lead = a.shape[: a.ndim - core]
+    return a.reshape((-1,) + a.shape[a.ndim - core :]), lead
+
+
+def predictor(model: StormModel, Y: Complex[Array, "*batch F T"]) -> Complex[Array, "*batch F T"]:
+    """Predictor output ``C = Π(Y)`` for compressed noisy spectrograms ``Y`` ``[..., F, T]``
+    (``T`` a multiple of ``2^(len(ch_mult)−1)``, F = 256 for the reference front end)."""
+    if model.params.get("predictor") is None:
+        raise ValueError("this model has no predictor network (score-only model)")
+    Y = jnp.asarray(Y)
+    flat, lead = _flatten(Y, 2)
+    out = NCSNpp(model.config.predictor_net()).apply({"params": model.params["predictor"]}, flat[..., None], None)
+    return out.reshape(lead + out.shape[1:])
+
+
+def score_inputs(model: StormModel, x, Y, C) -> list:
+    """The complex channels the score network sees, in the reference order."""
+    cond = model.config.condition
+    if cond == "both":
+        return [x, Y, C]
+    if cond == "noisy":
+        return [x, Y]
+    return [x, C]
+
+
+def score(
+    model: StormModel,
+    x: Complex[Array, "*batch F T"],
+    t: Float[Array, "*batch"] | float,
+    Y: Complex[Array, "*batch F T"] | None,
+    C: Complex[Array, "*batch F T"] | None,
+) -> Complex[Array, "*batch F T"]:
+    """Score ``s_θ(x, t, Y, C) = −net(cat[x, conditions], t)`` (no division by σ; reference
+    ``forward_score``). ``t`` is a scalar or has the batch shape of ``x``. Inputs that the
+    condition mode does not use may be ``None``."""
+    if model.params.get("score") is None:
+        raise ValueError("this model has no score network (predictor-only model)")
+    x = jnp.asarray(x)
+    chans = score_inputs(model, x, Y, C)
+    if any(c is None for c in chans):
+        raise ValueError(f"condition={model.config.condition!r} needs both Y and C where used; got None")
+    chans = [jnp.broadcast_to(jnp.asarray(c, x.dtype), x.shape) for c in chans]
+    stacked = jnp.stack(chans, axis=-1)  # [..., F, T, D]
+    flat, lead = _flatten(stacked, 3)
+    rdt = jnp.real(x).dtype
+    tb = jnp.broadcast_to(jnp.asarray(t, rdt), lead).reshape(-1)
+    out = NCSNpp(model.config.score_net()).apply({"params": model.params["score"]}, flat, tb)
+    return -out.reshape(lead + out.shape[1:])
