@@ -7,7 +7,9 @@ Layout: ``audio`` (STFT, compression, normalisation) · ``sde`` (OUVE) · ``nn``
 
 from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
 from .checkpoints import load_model, save_model
+from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
 from .metrics import si_sdr
+from .metrics import energy_ratios, enhancement_metrics, estoi, pesq_wb, si_sar, si_sir
 from .model import CONDITIONS, StormConfig, StormModel, init_storm, predictor, score, storm_config
 from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
 from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixture, enhance_waveform, mix, spec_shape
@@ -17,6 +19,22 @@ from .sde import OUVE
 __version__ = "0.1.0"
 
 __all__ = [
+    # data and metrics (issue 3)
+    "BatchConfig",
+    "BatchIterator",
+    "BatchState",
+    "CorpusConfig",
+    "DatasetError",
+    "PairDataset",
+    "embedded_corpus",
+    "energy_ratios",
+    "enhancement_metrics",
+    "estoi",
+    "folder_dataset",
+    "pesq_wb",
+    "si_sar",
+    "si_sir",
+    # core
     "CONDITIONS",
     "Draws",
     "EnhanceConfig",
