@@ -186,16 +186,33 @@ def reverse_step(
     return x_new, x_mean
 
 
+def _path_draws(draws, sde: OUVE, config: SamplerConfig, C: Array):
+    """A :class:`~storm_jax.continuous.BrownianPath` becomes the :class:`Draws` of its increments
+    on ``config``'s grid (:func:`~storm_jax.continuous.draws_from_path`); anything else passes."""
+    if isinstance(draws, Draws):
+        return draws
+    from .continuous import BrownianPath, draws_from_path  # local import: diffrax is heavy
+
+    if isinstance(draws, BrownianPath):
+        if tuple(draws.shape) != tuple(C.shape):
+            raise ValueError(f"the Brownian path has state shape {draws.shape} but C has shape {tuple(C.shape)}")
+        return draws_from_path(draws, config, sde, C.dtype)
+    return draws
+
+
 def sample_with_score(
     sde: OUVE,
     score_fn: ScoreFn,
     C: Complex[Array, "*batch F T"],
-    draws: Draws,
+    draws,
     config: SamplerConfig = SamplerConfig(),
     *,
     return_trajectory: bool = False,
 ):
     """Run the reverse process for any score function ``score_fn(x, t)``.
+
+    ``draws`` is a :class:`Draws` or a :class:`~storm_jax.continuous.BrownianPath` (its
+    increments on the config's grid, :func:`~storm_jax.continuous.draws_from_path`).
 
     ``x_T = C + σ(1)·z_prior``, then ``N = config.steps`` steps of :func:`reverse_step`. Returns
     the final mean (or state if ``denoise=False``), and with ``return_trajectory`` also the
@@ -204,6 +221,7 @@ def sample_with_score(
     """
     C = jnp.asarray(C)
     N = config.steps
+    draws = _path_draws(draws, sde, config, C)
     if draws.predictor.shape[0] != N:
         raise ValueError(f"draws hold {draws.predictor.shape[0]} predictor steps but config.steps={N}")
     if draws.corrector.shape[1] < config.n_corrector:
@@ -230,7 +248,7 @@ def sample(
     model,
     Y: Complex[Array, "*batch F T"],
     C: Complex[Array, "*batch F T"],
-    draws: Draws | Array,
+    draws,
     config: SamplerConfig = SamplerConfig(),
     *,
     return_trajectory: bool = False,
@@ -238,11 +256,14 @@ def sample(
     """Reverse process of a StoRM model, conditioned on the noisy spectrogram ``Y`` and the
     predictor output ``C`` (``[..., F, T]``, compressed and padded).
 
-    ``draws`` is a :class:`Draws` (replayable) or a PRNG key (then :func:`make_draws` is used).
+    ``draws`` is a :class:`Draws` (replayable), a :class:`~storm_jax.continuous.BrownianPath`
+    (the noise of the shared continuous-time path, so the result equals ``diffrax.Euler`` on it,
+    :func:`~storm_jax.continuous.solve_reverse`), or a PRNG key (then :func:`make_draws`).
     """
     from .model import score  # local import: model imports nn, sampling stays light
 
     C = jnp.asarray(C)
+    draws = _path_draws(draws, model.config.sde, config, C)
     if not isinstance(draws, Draws):
         draws = make_draws(draws, C.shape, config, C.dtype)
     score_fn = lambda x, t: score(model, x, t, Y, C)
