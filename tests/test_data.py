@@ -85,7 +85,7 @@ def test_sentences_are_a_function_of_the_seed():
 
 def test_espeak_synthesis_is_deterministic_and_order_independent():
     text_a, text_b = "The quick brown fox jumps over the lazy dog.", "A second sentence comes here."
-    voice = DEFAULT_VOICES[1]  # a variant with pitch flutter, which carries state in the C library
+    voice = DEFAULT_VOICES[0]  # en-us+m1: in one library instance, repeats of a text differ even in length
     with Synthesizer() as syn:
         a1 = syn.speak(text_a, voice)
         syn.speak(text_b, DEFAULT_VOICES[0])
@@ -179,6 +179,18 @@ def test_rir_t60_and_determinism():
     t60 = pra.experimental.measure_rt60(r1.full, fs=16000)
     assert 0.5 * 0.7 < t60 < 0.5 * 2.0  # Sabine's formula is approximate for the image-source method
     assert np.argmax(np.abs(r1.direct)) == np.argmax(np.abs(r1.full))  # aligned direct paths
+
+
+def test_export_round_trips_through_the_folder_loader(cache, tmp_path):
+    from storm_jax.data import export_corpus
+
+    export_corpus(tmp_path / "export", TINY, "denoise", m=2.0, cache_dir=cache, progress=False)
+    ours = embedded_corpus("test", "denoise", TINY, cache, progress=False)
+    loaded = folder_dataset(tmp_path / "export", "test")
+    assert loaded.ids == ours.ids
+    for a, b in zip(loaded, ours):
+        assert np.array_equal(a.clean, b.clean)
+        assert np.allclose(a.noise, 2.0 * b.noise, atol=1e-7)  # exported noisy = clean + 2·noise
 
 
 def test_corpus_config_rejects_impossible_settings():

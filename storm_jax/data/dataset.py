@@ -118,6 +118,8 @@ class PairDataset(Sequence[Utterance]):
             raise DatasetError(f"{self.name}: utterance {self.ids[i]} changed on disk: expected {self.lengths[i]} samples, "
                                f"got clean {c.shape} and noise {n.shape}")
         if self._cache is not None:
+            c.setflags(write=False)  # cached arrays are shared by every later access
+            n.setflags(write=False)
             self._cache[i] = (c, n)
         return c, n
 

@@ -180,13 +180,19 @@ class Synthesizer:
         self.rate = int(rate)
         self._lib, self._data = _library_paths()
         self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one request at a time over the worker's pipes
 
     def __enter__(self) -> "Synthesizer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def close(self) -> None:
         """Stop the worker process (idempotent)."""
