@@ -28,7 +28,6 @@ import os
 from pathlib import Path
 from typing import Literal, Sequence
 
-import numpy as np
 
 from ..audio_io import AUDIO_SUFFIXES, AudioError, read_audio
 from .dataset import DatasetError, PairDataset
