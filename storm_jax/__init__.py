@@ -5,6 +5,7 @@ Layout: ``audio`` (STFT, compression, normalisation) · ``sde`` (OUVE) · ``nn``
 ``pipeline`` (waveform → waveform, and the map M ↦ ŝ(M)) · ``metrics`` · ``checkpoints``.
 """
 
+from .analysis import factorize, kink_statistic, pathwise_derivative, si_sdr_derivative
 from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
 from .checkpoints import load_model, save_model
 from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
@@ -19,6 +20,11 @@ from .sde import OUVE
 __version__ = "0.1.0"
 
 __all__ = [
+    # differentiable analysis (issue 5)
+    "factorize",
+    "kink_statistic",
+    "pathwise_derivative",
+    "si_sdr_derivative",
     # data and metrics (issue 3)
     "BatchConfig",
     "BatchIterator",

@@ -1,0 +1,55 @@
+"""Differentiable analysis of StoRM: exact pathwise sensitivities and what they are made of.
+
+* :mod:`.sensitivity` — ``dŝ/dM`` by one forward-mode pass; the factorization
+  ``dx̂/dM = K·u + L·v`` (+ the normalisation term in the waveform).
+* :mod:`.jacobians` — score-Jacobian probes along the reverse trajectory; matrix-free top
+  singular values of K, L and J_x (Golub–Kahan, matfree); direction gains.
+* :mod:`.kink` — one-sided slopes at M* ± h, κ(h), bootstrap intervals, κ₀, kink width.
+* :mod:`.nonsmooth` — where max-normalisation switches samples as M changes.
+"""
+
+from ._setup import NonFiniteTangentError, frozen_norm_factor
+from .jacobians import (
+    Gain,
+    Probes,
+    Spectrum,
+    direction_gain,
+    probes_at,
+    sampler_jacobian,
+    sampler_spectrum,
+    score_jacobian,
+    score_spectrum,
+    top_singular,
+    trajectory_probes,
+)
+from .kink import DEFAULT_HS, KinkResult, check_h_resolution, kink_from_slopes, kink_statistic
+from .nonsmooth import NormSwitches, distance_to_switch, normalization_switches
+from .sensitivity import Factorization, factorize, pathwise_derivative, si_sdr_derivative
+
+__all__ = [
+    "DEFAULT_HS",
+    "Factorization",
+    "Gain",
+    "KinkResult",
+    "NonFiniteTangentError",
+    "NormSwitches",
+    "Probes",
+    "Spectrum",
+    "check_h_resolution",
+    "direction_gain",
+    "distance_to_switch",
+    "factorize",
+    "frozen_norm_factor",
+    "kink_from_slopes",
+    "kink_statistic",
+    "normalization_switches",
+    "pathwise_derivative",
+    "probes_at",
+    "sampler_jacobian",
+    "sampler_spectrum",
+    "score_jacobian",
+    "score_spectrum",
+    "si_sdr_derivative",
+    "top_singular",
+    "trajectory_probes",
+]
