@@ -26,9 +26,12 @@ Time maps (``grid``), both evaluated on nested nodes ``u_k``:
   converges to the time-changed SDE with ``t(u) = T − (T − t_eps)·u`` on ``u ∈ [0, 1]``, i.e. the
   reverse SDE with drift and g² scaled by ``1/(T − t_eps)``: a bias that does not vanish with N.
 
-Final noise-free step (``denoise=True``, the reference's output ``x_mean``): the first ``N − 1``
-steps use the chosen solver with noise, the last one is the drift-only Euler step
-``x̂ = x_{N−1} + b(u_{N−1}, x_{N−1})·(u_N − u_{N−1})``, identical for all SDE solvers.
+Final noise-free step (``denoise=True``, the reference's output ``x_mean``): the last step, from
+``u_{N−1}`` to ``u_N``, is taken by the same solver with the Brownian increment and Lévy area
+set to zero. For Euler this is exactly the reference's ``x_mean = x − f_rev·dt``
+(``x̂ = x_{N−1} + b(u_{N−1}, x_{N−1})·(u_N − u_{N−1})``); for the others it is their own
+deterministic step. (Zeroing the control inside the loop, rather than appending a separate
+drift step, keeps a single copy of the score network in the compiled program.)
 
 The Brownian path (:func:`brownian_path`) is a :class:`diffrax.VirtualBrownianTree` with
 space-time Lévy area on ``[0, max(1, T − t_eps)]``: W(u) is a deterministic function of u (the
@@ -51,6 +54,7 @@ arXiv:2210.17543, eqs. 5.8 and 6.1); Brownian tree with Lévy area (Jelinčič, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Literal
 
@@ -103,6 +107,8 @@ class BrownianPath(eqx.Module):
         shape: complex state shape ``[..., F, T]``.
         finest: the finest grid; a step count N is allowed iff it divides ``finest``.
         span: length of the tree's interval, ``max(1, T − t_eps)``.
+        tol: the tree's resolution (in units of u); query times closer than this may share a
+            leaf, and then their joint law is no longer exact.
     """
 
     tree: diffrax.VirtualBrownianTree
@@ -111,6 +117,7 @@ class BrownianPath(eqx.Module):
     shape: tuple[int, ...] = eqx.field(static=True)
     finest: int = eqx.field(static=True)
     span: float = eqx.field(static=True)
+    tol: float = eqx.field(static=True)
 
     @property
     def dtype(self):
@@ -182,7 +189,7 @@ def brownian_path(
     )
     with jax.threefry_partitionable(_THREEFRY_PARTITIONABLE):
         prior = jax.random.normal(k_prior, (2, *shape), dtype)
-    return BrownianPath(tree=tree, prior=prior, corrector_key=k_corr, shape=shape, finest=int(finest), span=span)
+    return BrownianPath(tree=tree, prior=prior, corrector_key=k_corr, shape=shape, finest=int(finest), span=span, tol=float(tol))
 
 
 def noise_scale(noise: str) -> float:
@@ -262,12 +269,20 @@ def draws_from_path(path: BrownianPath, config: SamplerConfig, sde: OUVE = OUVE(
     N = config.steps
     _check_steps(path, N, "config.steps")
     cdt = jnp.result_type(path.dtype, jnp.complex64) if dtype is None else jnp.dtype(dtype)
+    return _draws_from_path(path, config, sde, cdt)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sde", "cdt"))
+def _draws_from_path(path: BrownianPath, config: SamplerConfig, sde: OUVE, cdt) -> Draws:
+    # jitted (one compilation per path structure, config and dtype): the tree's random-number
+    # kernels take seconds to compile on CPU.
+    N = config.steps
     kappa = noise_scale(config.noise)
     u = jnp.asarray(path_nodes(sde, N, config.grid, path.finest), path.dtype)
     _, dts = time_grid(sde, N, config.grid)
-    # One tree query per step with both ends, exactly as diffrax's ControlTerm.contr(t0, t1), so
-    # the increments are bit-identical to the ones the diffrax solvers see. lax.map keeps memory
-    # at one step's worth of tree intermediates.
+    # One tree query per step with both ends, exactly as the solvers' control (_PathControl),
+    # so the increments are bit-identical to the ones the diffrax solvers see. lax.map keeps
+    # memory at one step's worth of tree intermediates.
     dW = jax.lax.map(lambda ab: path.evaluate(ab[0], ab[1]), (u[:-1], u[1:]))
     scale = jnp.asarray(kappa / np.sqrt(dts), path.dtype).reshape((N,) + (1,) * (dW.ndim - 1))
     dW = dW * scale
@@ -467,21 +482,18 @@ def solve_reverse_with_score(
     else:
         ts = jnp.asarray(path_nodes(sde, path.finest, config.grid), rdt)  # the finest nodes
         stride = path.finest // N
-        n_noisy = N - 1 if config.denoise else N
-        # Evaluations of the tree go through _PathControl: fixed threefry variant and the
-        # state's dtype (see BrownianPath.evaluate).
-        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), _AdditiveNoiseTerm(diffusion, _PathControl(path.tree, rdt)))
+        # The control is zero on steps starting at or after `quiet_from`: the last step when
+        # denoising (the reference's x_mean), none otherwise. Step starts are exact node floats.
+        quiet_from = ts[(N - 1) * stride] if config.denoise else jnp.asarray(jnp.inf, rdt)
+        control = _PathControl(path.tree, rdt, quiet_from)
+        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), _AdditiveNoiseTerm(diffusion, control))
         sol = diffrax.diffeqsolve(
-            terms, solver, t0=ts[0], t1=ts[n_noisy * stride], dt0=None, y0=y0,
+            terms, solver, t0=ts[0], t1=ts[N * stride], dt0=None, y0=y0,
             stepsize_controller=_NestedStepTo(ts=ts, stride=stride),
             adjoint=adjoint, max_steps=path.finest, saveat=diffrax.SaveAt(t1=True),
         )
         y = sol.ys[0]
         stats = sol.stats
-        if config.denoise:
-            # The reference returns the last predictor step's mean: a drift-only Euler step.
-            u_a, u_b = ts[(N - 1) * stride], ts[N * stride]
-            y = y + drift(u_a, y, None) * (u_b - u_a)
     x = _complex_view(y).astype(C.dtype)
     return (x, stats) if return_stats else x
 
@@ -501,11 +513,13 @@ def _time_map_params(sde: OUVE, N, grid: str, dtype):
 
 class _PathControl(diffrax.AbstractBrownianPath):
     """The path's tree as diffrax's control: every evaluation under the fixed threefry variant
-    (:meth:`BrownianPath.evaluate`) and cast to the state's real dtype (a float64 path can drive
-    a float32 solve; same dtype is a no-op)."""
+    (:meth:`BrownianPath.evaluate`), cast to the state's real dtype (a float64 path can drive a
+    float32 solve; same dtype is a no-op), and zero (W and H) on intervals starting at or after
+    ``quiet_from`` (the final noise-free step)."""
 
     tree: diffrax.VirtualBrownianTree
     dtype: object = eqx.field(static=True)
+    quiet_from: Array = None
 
     @property
     def t0(self):
@@ -522,7 +536,16 @@ class _PathControl(diffrax.AbstractBrownianPath):
     def evaluate(self, t0, t1=None, left=True, use_levy=False):
         with jax.threefry_partitionable(_THREEFRY_PARTITIONABLE):
             out = self.tree.evaluate(t0, t1, left, use_levy)
-        return jtu.tree_map(lambda a: a.astype(self.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, out)
+        on = jnp.asarray(True) if (t1 is None or self.quiet_from is None) else t0 < self.quiet_from
+        cast = lambda a: a.astype(self.dtype)
+        if isinstance(out, diffrax.AbstractBrownianIncrement):
+            # keep dt, zero W and the Lévy areas
+            fields = {
+                f.name: jnp.where(on, cast(getattr(out, f.name)), 0.0).astype(self.dtype)
+                for f in dataclasses.fields(out) if f.name != "dt"
+            }
+            return type(out)(dt=cast(out.dt), **fields)
+        return jnp.where(on, cast(out), 0.0).astype(self.dtype)
 
 
 def solve_reverse(

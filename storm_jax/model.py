@@ -20,10 +20,11 @@ from typing import Any, Literal
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Complex, Float
 
 from .audio import SpecConfig
-from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
+from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
 __all__ = ["StormConfig", "StormModel", "init_storm", "predictor", "score", "CONDITIONS", "storm_config"]
@@ -94,27 +95,25 @@ class StormModel:
         return self.replace(params=jax.tree_util.tree_map(cast, self.params))
 
 
-def init_storm(config: StormConfig | str, key: Array, *, frames: int = 64, dtype=jnp.float32) -> StormModel:
+def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32) -> StormModel:
     """Randomly initialised StoRM model. ``config`` may also be a preset name.
 
-    The networks are fully convolutional: ``frames`` only sets the shape used for tracing the
-    initialisation (any multiple of ``2^(len(ch_mult)−1)`` works later).
+    Parameters are drawn on the host (:func:`storm_jax.nn.init_params`: the reference's
+    initialisers, no compilation), predictor and score network from independent halves of
+    ``key``. The networks are fully convolutional: any ``T`` that is a multiple of
+    ``2^(len(ch_mult)−1)`` works afterwards.
     """
     if isinstance(config, str):
         config = storm_config(config)
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
     kp, ks = jax.random.split(key)
-    F = config.spec.n_freqs
-    cdt = jnp.result_type(dtype, jnp.complex64)
     params: dict = {"predictor": None, "score": None}
     if config.has_predictor:
-        x = jnp.zeros((1, F, frames, 1), cdt)
-        params["predictor"] = NCSNpp(config.predictor_net()).init(kp, x, None)["params"]
+        params["predictor"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.predictor_net(), kp, param_dtype=np.dtype(dtype)))
     if config.has_score:
-        x = jnp.zeros((1, F, frames, config.score_inputs), cdt)
-        t = jnp.ones((1,), dtype)
-        params["score"] = NCSNpp(config.score_net()).init(ks, x, t)["params"]
-    model = StormModel(config=config, params=params)
-    return model.astype(dtype) if dtype != jnp.float32 else model
+        params["score"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.score_net(), ks, param_dtype=np.dtype(dtype)))
+    return StormModel(config=config, params=params)
 
 
 def _flatten(a, core: int):

@@ -1,0 +1,84 @@
+"""The `storm-jax` command: info, enhance (with every kind of bad input), demo."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from storm_jax.cli import main
+
+
+def test_info_json_reference_counts(capsys):
+    assert main(["info", "--preset", "ncsnpp", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["score_params"] == 27_776_038
+    assert info["predictor_params"] == 27_342_350
+    assert info["score_tensors"] == 271 and info["predictor_tensors"] == 267
+
+
+def test_info_unknown_preset(capsys):
+    assert main(["info", "--preset", "huge"]) == 2
+    assert "huge" in capsys.readouterr().err
+
+
+def _tone(n, rate=16000):
+    t = np.arange(n) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+
+
+def test_enhance_batch_with_bad_files(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "good.wav", _tone(6000), 16000)
+    sf.write(src / "rate8k.wav", _tone(3000, 8000), 8000)
+    sf.write(src / "stereo.wav", np.stack([_tone(6000), _tone(6000)], 1), 16000)
+    bad = _tone(6000)
+    bad[10] = np.nan
+    sf.write(src / "nan.wav", bad, 16000, subtype="FLOAT")
+    sf.write(src / "zeros.wav", np.zeros(6000, np.float32), 16000)
+    sf.write(src / "short.wav", _tone(300), 16000)
+    (src / "broken.wav").write_bytes(b"RIFF\x00\x00not a wav at all")
+    out = tmp_path / "out"
+    code = main(["enhance", str(src), "-o", str(out), "--steps", "2", "--quiet", "--checkpoint", "preset:tiny"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "5 file(s) failed" in err
+    for name, why in [("stereo", "channels"), ("nan", "NaN"), ("zeros", "all zeros"), ("short", "shorter than one STFT frame"), ("broken", "unreadable")]:
+        line = next(l for l in err.splitlines() if f"{name}.wav" in l and l.startswith("  "))
+        assert why in line
+    assert "resampled from 8000 Hz" in err
+    good, rate = sf.read(out / "good.wav")
+    assert rate == 16000 and good.shape == (6000,) and np.all(np.isfinite(good))
+    res, rate = sf.read(out / "rate8k.wav")
+    assert rate == 8000 and abs(len(res) - 3000) <= 1
+    assert sorted(p.name for p in out.iterdir()) == ["good.wav", "rate8k.wav"]  # no temporary files left
+
+
+def test_enhance_downmix_and_list_file(tmp_path):
+    sf.write(tmp_path / "stereo.wav", np.stack([_tone(6000), _tone(6000)], 1), 16000)
+    (tmp_path / "files.txt").write_text("stereo.wav\n")
+    out = tmp_path / "out"
+    assert main(["enhance", str(tmp_path / "files.txt"), "-o", str(out), "--steps", "1", "--downmix", "--quiet"]) == 0
+    assert sf.read(out / "stereo.wav")[0].shape == (6000,)
+
+
+def test_enhance_nothing_to_do(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["enhance", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 2
+    assert "no audio files" in capsys.readouterr().err
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--steps", "2", "--seconds", "0.5", "-o", str(tmp_path)]) == 0
+    assert "SI-SDR enhanced" in capsys.readouterr().out
+    for name in ("clean", "noisy", "enhanced"):
+        x, rate = sf.read(tmp_path / f"{name}.wav")
+        assert rate == 16000 and x.shape == (8000,)
+
+
+def test_console_script_help():
+    r = subprocess.run([sys.executable, "-m", "storm_jax.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "enhance" in r.stdout

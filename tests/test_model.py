@@ -1,0 +1,110 @@
+"""StoRM model: channel layout, sign, condition modes, batching, dtypes, parameter counts."""
+
+import dataclasses
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+import storm_jax as sj
+from storm_jax.nn import NCSNpp, count_params
+
+F, T = 256, 64
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return sj.init_storm("tiny", jax.random.key(0))
+
+
+def _rand(key, shape, dtype=jnp.complex64):
+    kr, ki = jax.random.split(key)
+    return (0.3 * (jax.random.normal(kr, shape) + 1j * jax.random.normal(ki, shape))).astype(dtype)
+
+
+def test_predictor_and_score_shapes(tiny):
+    Y = _rand(jax.random.key(1), (2, F, T))
+    C = sj.predictor(tiny, Y)
+    assert C.shape == Y.shape and C.dtype == jnp.complex64
+    s = sj.score(tiny, Y, 0.5, Y, C)
+    assert s.shape == Y.shape and s.dtype == jnp.complex64
+    assert np.all(np.isfinite(np.asarray(s)))
+
+
+def test_score_is_minus_network_on_reference_channel_order(tiny):
+    k = jax.random.split(jax.random.key(2), 3)
+    x, Y, C = (_rand(kk, (1, F, T)) for kk in k)
+    t = jnp.asarray([0.4])
+    net = NCSNpp(tiny.config.score_net())
+    raw = net.apply({"params": tiny.params["score"]}, jnp.stack([x, Y, C], axis=-1), t)
+    np.testing.assert_array_equal(sj.score(tiny, x, t, Y, C), -raw)
+    # swapping the conditions changes the result (the order matters)
+    assert not np.allclose(sj.score(tiny, x, t, C, Y), -raw)
+
+
+@pytest.mark.parametrize("condition,channels", [("both", 6), ("noisy", 4), ("predictor", 4)])
+def test_condition_modes(condition, channels):
+    cfg = sj.storm_config("tiny", condition=condition)
+    assert cfg.score_net().input_channels == channels
+    model = sj.init_storm(cfg, jax.random.key(3))
+    k = jax.random.split(jax.random.key(4), 3)
+    x, Y, C = (_rand(kk, (1, F, T)) for kk in k)
+    s = sj.score(model, x, 0.7, Y, C)
+    if condition == "noisy":  # C is not seen
+        np.testing.assert_array_equal(s, sj.score(model, x, 0.7, Y, 2 * C))
+        np.testing.assert_array_equal(s, sj.score(model, x, 0.7, Y, None))
+    if condition == "predictor":  # Y is not seen
+        np.testing.assert_array_equal(s, sj.score(model, x, 0.7, 2 * Y, C))
+        np.testing.assert_array_equal(s, sj.score(model, x, 0.7, None, C))
+    if condition == "both":
+        assert not np.allclose(s, sj.score(model, x, 0.7, Y, 2 * C))
+        with pytest.raises(ValueError, match="needs"):
+            sj.score(model, x, 0.7, None, C)
+
+
+def test_leading_batch_axes_and_time_broadcast(tiny):
+    Y = _rand(jax.random.key(5), (2, 3, F, T))
+    C = sj.predictor(tiny, Y)
+    np.testing.assert_allclose(C[1, 2], sj.predictor(tiny, Y[1, 2]), rtol=2e-5, atol=2e-6)
+    t = jnp.full((2, 3), 0.3)
+    s = sj.score(tiny, Y, t, Y, C)
+    np.testing.assert_allclose(s, sj.score(tiny, Y, 0.3, Y, C), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(s[0, 1], sj.score(tiny, Y[0, 1], 0.3, Y[0, 1], C[0, 1]), rtol=2e-5, atol=2e-6)
+
+
+def test_float64_model(tiny):
+    m64 = tiny.astype(jnp.float64)
+    Y = _rand(jax.random.key(6), (1, F, T), jnp.complex128)
+    C = sj.predictor(m64, Y)
+    assert C.dtype == jnp.complex128
+    c32 = sj.predictor(tiny, Y.astype(jnp.complex64))
+    np.testing.assert_allclose(c32, C, rtol=1e-4, atol=1e-5)
+
+
+def test_time_dependence_and_input_dependence(tiny):
+    Y = _rand(jax.random.key(7), (1, F, T))
+    C = sj.predictor(tiny, Y)
+    assert not np.allclose(sj.score(tiny, Y, 0.2, Y, C), sj.score(tiny, Y, 0.9, Y, C))
+    assert not np.allclose(C, sj.predictor(tiny, 2 * Y))
+
+
+def test_reference_parameter_counts_without_compiling():
+    counts = {}
+    for cond in ("both", "noisy"):
+        shapes = jax.eval_shape(lambda: sj.init_storm(sj.storm_config("ncsnpp", condition=cond), jax.random.key(0)).params)
+        counts[cond] = (count_params(shapes["predictor"]), count_params(shapes["score"]))
+        assert len(jax.tree_util.tree_leaves(shapes["predictor"])) == 267
+    assert counts["both"] == (27_342_350, 27_776_038)
+    assert counts["noisy"][1] == 27_756_314
+
+
+def test_missing_networks_are_clear_errors(tiny):
+    score_only = sj.StormModel(config=dataclasses.replace(tiny.config, has_predictor=False, condition="noisy"),
+                               params={"predictor": None, "score": tiny.params["score"]})
+    with pytest.raises(ValueError, match="no predictor"):
+        sj.predictor(score_only, jnp.zeros((F, T), jnp.complex64))
+    with pytest.raises(ValueError, match="needs a predictor"):
+        sj.StormConfig(backbone=tiny.config.backbone, has_predictor=False, condition="both")
+    with pytest.raises(ValueError, match="unknown condition"):
+        sj.storm_config("tiny", condition="post")
