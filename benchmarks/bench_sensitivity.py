@@ -16,8 +16,7 @@ The timed functions are the jitted cores behind the public calls, compiled ahead
 compilation and the host-side argument checks are not timed. Calls are interleaved round by
 round (plain, jvp, factorize, …) and the median of the rounds is reported.
 
-Weights are random (drawn straight into the parameter shapes of ``init_storm``): speed and
-memory do not depend on their values.
+Weights are random (``init_storm``): speed and memory do not depend on their values.
 
 Usage::
 
@@ -46,20 +45,8 @@ from storm_jax.demo import synthetic_example  # noqa: E402
 
 
 def random_model(preset: str, seed: int = 0, dtype=jnp.float32) -> sj.StormModel:
-    """A StoRM model with ``init_storm``'s parameter tree and random weights (no Flax init)."""
-    cfg = sj.storm_config(preset)
-    shapes = jax.eval_shape(lambda k: sj.init_storm(cfg, k), jax.random.key(0))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        if s.ndim >= 2:
-            fan_in = int(np.prod(s.shape[:-1]))
-            return jnp.asarray(rng.uniform(-1, 1, s.shape) * np.sqrt(3.0 / fan_in), dtype)
-        if "scale" in jax.tree_util.keystr(path):
-            return jnp.ones(s.shape, dtype)
-        return jnp.asarray(0.01 * rng.standard_normal(s.shape), dtype)
-
-    return sj.StormModel(config=shapes.config, params=jax.tree_util.tree_map_with_path(fill, shapes.params))
+    """A randomly initialised StoRM model (host-side init, nothing compiled)."""
+    return sj.init_storm(preset, seed, dtype=dtype)
 
 
 def _plain_core(model, clean, noise, m, draws, norm_factor, static):

@@ -11,7 +11,7 @@ from .checkpoints import load_model, save_model
 from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
 from .metrics import si_sdr
 from .metrics import energy_ratios, enhancement_metrics, estoi, pesq_wb, si_sar, si_sir
-from .model import CONDITIONS, StormConfig, StormModel, init_storm, predictor, score, storm_config
+from .model import CONDITIONS, StormConfig, StormModel, init_storm, param_shapes, predictor, score, storm_config
 from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
 from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixture, enhance_waveform, mix, spec_shape
 from .sampling import Draws, SamplerConfig, make_draws, sample, sample_with_score, time_grid
@@ -59,6 +59,7 @@ __all__ = [
     "enhance_mixture",
     "enhance_waveform",
     "init_storm",
+    "param_shapes",
     "istft",
     "load_model",
     "make_draws",

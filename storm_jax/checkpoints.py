@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .audio import SpecConfig
-from .model import StormConfig, StormModel, init_storm
+from .model import StormConfig, StormModel, init_storm, param_shapes
 from .nn import NCSNppConfig, ncsnpp_config
 from .sde import OUVE
 
@@ -108,7 +108,7 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32) -> StormModel:
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_file}: invalid JSON ({err})") from None
     # Restore against the abstract tree of a freshly built model so structure and shapes are checked.
-    abstract = jax.eval_shape(lambda: init_storm(cfg, jax.random.key(0)).params)
+    abstract = param_shapes(cfg)
     target = {k: v for k, v in abstract.items() if v is not None}
     with ocp.StandardCheckpointer() as ckptr:
         try:

@@ -78,11 +78,11 @@ def cmd_enhance(args) -> int:
 def cmd_info(args) -> int:
     import jax
 
-    from .model import init_storm, storm_config
+    from .model import param_shapes, storm_config
     from .nn import count_params
 
     cfg = storm_config(args.preset, condition=args.condition)
-    shapes = jax.eval_shape(lambda: init_storm(cfg, jax.random.key(0)).params)
+    shapes = param_shapes(cfg)
     info = {
         "preset": args.preset,
         "condition": cfg.condition,

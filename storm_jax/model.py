@@ -27,7 +27,7 @@ from .audio import SpecConfig
 from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["StormConfig", "StormModel", "init_storm", "predictor", "score", "CONDITIONS", "storm_config"]
+__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "CONDITIONS", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
 
@@ -114,6 +114,28 @@ def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32
     if config.has_score:
         params["score"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.score_net(), ks, param_dtype=np.dtype(dtype)))
     return StormModel(config=config, params=params)
+
+
+def param_shapes(config: StormConfig | str, *, dtype=jnp.float32) -> dict:
+    """The parameter tree of :func:`init_storm` as ``jax.ShapeDtypeStruct`` leaves, via
+    ``jax.eval_shape`` of the Flax initialisers: nothing is compiled or allocated, so paper-size
+    presets are cheap (used for parameter counts and for restoring checkpoints)."""
+    if isinstance(config, str):
+        config = storm_config(config)
+    F = config.spec.n_freqs
+    m = 2 ** (len(config.backbone.ch_mult) - 1)
+    cdt = jnp.result_type(dtype, jnp.complex64)
+    out: dict = {"predictor": None, "score": None}
+    key = jax.random.key(0)
+    if config.has_predictor:
+        x = jax.ShapeDtypeStruct((1, F, m, 1), cdt)
+        out["predictor"] = jax.eval_shape(NCSNpp(config.predictor_net()).init, key, x, None)["params"]
+    if config.has_score:
+        x = jax.ShapeDtypeStruct((1, F, m, config.score_inputs), cdt)
+        t = jax.ShapeDtypeStruct((1,), dtype)
+        out["score"] = jax.eval_shape(NCSNpp(config.score_net()).init, key, x, t)["params"]
+    cast = lambda a: jax.ShapeDtypeStruct(a.shape, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    return jax.tree_util.tree_map(cast, out)
 
 
 def _flatten(a, core: int):
