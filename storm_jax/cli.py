@@ -1,4 +1,4 @@
-"""The ``storm-jax`` command: ``demo``, ``enhance``, ``info``."""
+"""The ``storm-jax`` command: ``demo``, ``enhance``, ``info``, ``corpus``."""
 
 from __future__ import annotations
 
@@ -163,10 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--condition", choices=("both", "noisy", "predictor"), default="both")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    # `corpus` has its own parser (storm_jax.data.build_corpus_main); listed here for --help.
+    sub.add_parser("corpus", help="build or locate the embedded speech corpus (storm-jax corpus --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "corpus":
+        from .data import build_corpus_main
+
+        return build_corpus_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -82,3 +82,10 @@ def test_demo_runs(tmp_path, capsys):
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "storm_jax.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "enhance" in r.stdout
+
+
+def test_corpus_command_is_wired(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["corpus", "--help"])
+    assert exc.value.code == 0
+    assert "embedded speech corpus" in capsys.readouterr().out
