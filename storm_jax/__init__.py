@@ -2,12 +2,15 @@
 
 Layout: ``audio`` (STFT, compression, normalisation) · ``sde`` (OUVE) · ``nn`` (NCSN++) ·
 ``model`` (predictor and score) · ``sampling`` (discrete reverse process over explicit draws) ·
-``pipeline`` (waveform → waveform, and the map M ↦ ŝ(M)) · ``metrics`` · ``checkpoints``.
+``pipeline`` (waveform → waveform, and the map M ↦ ŝ(M)) · ``continuous`` (diffrax solvers on a
+shared Brownian path) · ``analysis`` (pathwise derivatives, factorization, spectra, kinks,
+discretization) · ``data`` · ``metrics`` · ``checkpoints``.
 """
 
 from .analysis import factorize, kink_statistic, pathwise_derivative, si_sdr_derivative
 from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
 from .checkpoints import load_model, save_model
+from .continuous import BrownianPath, SolveConfig, brownian_path, draws_from_path, solve_reverse
 from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
 from .metrics import si_sdr
 from .metrics import energy_ratios, enhancement_metrics, estoi, pesq_wb, si_sar, si_sir
@@ -25,6 +28,12 @@ __all__ = [
     "kink_statistic",
     "pathwise_derivative",
     "si_sdr_derivative",
+    # continuous time (issue 6)
+    "BrownianPath",
+    "SolveConfig",
+    "brownian_path",
+    "draws_from_path",
+    "solve_reverse",
     # data and metrics (issue 3)
     "BatchConfig",
     "BatchIterator",

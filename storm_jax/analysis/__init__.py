@@ -6,9 +6,23 @@
   singular values of K, L and J_x (Golub–Kahan, matfree); direction gains.
 * :mod:`.kink` — one-sided slopes at M* ± h, κ(h), bootstrap intervals, κ₀, kink width.
 * :mod:`.nonsmooth` — where max-normalisation switches samples as M changes.
+* :mod:`.discretization` — strong/weak/tangent error against step size, fitted orders,
+  Richardson extrapolation to N → ∞.
 """
 
 from ._setup import NonFiniteTangentError, frozen_norm_factor
+from .discretization import (
+    ErrorCurve,
+    Extrapolation,
+    OrderFit,
+    WeakErrorCurve,
+    convergence_study,
+    fit_order,
+    richardson,
+    strong_error,
+    tangent_error,
+    weak_error,
+)
 from .jacobians import (
     Gain,
     Probes,
@@ -27,6 +41,16 @@ from .nonsmooth import NormSwitches, distance_to_switch, normalization_switches
 from .sensitivity import Factorization, factorize, pathwise_derivative, si_sdr_derivative
 
 __all__ = [
+    "ErrorCurve",
+    "Extrapolation",
+    "OrderFit",
+    "WeakErrorCurve",
+    "convergence_study",
+    "fit_order",
+    "richardson",
+    "strong_error",
+    "tangent_error",
+    "weak_error",
     "DEFAULT_HS",
     "Factorization",
     "Gain",
