@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `corpus` has its own parser (storm_jax.data.build_corpus_main); listed here for --help.
     sub.add_parser("corpus", help="build or locate the embedded speech corpus (storm-jax corpus --help)", add_help=False)
+
+    from .train_cli import add_commands  # train, evaluate, export
+
+    add_commands(sub)
     return p
 
 

@@ -1,0 +1,606 @@
+"""Training StoRM: the reference losses, Adam + parameter EMA, resumable orbax checkpoints.
+
+Reference: ``sgmse/model.py`` (``StochasticRegenerationModel._step``/``_loss``,
+``ScoreModel._step``, ``DiscriminativeModel._loss``) and ``train.py`` (``--mode``);
+``storm-reference.md`` § StoRM model. For a batch of compressed spectrograms ``X`` (clean) and
+``Y`` (noisy), ``[B, F, T]``:
+
+* ``C = Π(Y)`` (predictor output; ``stop_gradient`` in ``freeze-predictor`` mode),
+* ``t ~ U(t_eps, T)`` per example, ``z`` complex standard normal (each part N(0, ½)),
+* ``x_t = μ(X, C, t) + σ(t)·z`` with ``μ = e^{−θt}·X + (1 − e^{−θt})·C`` (the OUVE mean drawn
+  toward the predictor output — the reference passes ``sde_input = y_denoised``),
+* ``s = s_θ(x_t, t, Y, C)``, ``err = σ(t)·s + z``,
+* ``L_score = ½·Σ|err|²`` and ``L_pred = ½·Σ|C − X|²``, both **summed over the batch** (the
+  reference's ``_reduce_op = 0.5·torch.sum``),
+* ``L = a·L_pred + (1 − a)·L_score`` with ``a = 0.5`` (``weighting_denoiser_to_score``).
+
+Modes (reference names in brackets):
+
+``joint`` [regen-joint-training]
+    both networks trained; the score loss back-propagates into Π through C.
+``freeze-predictor`` [regen-freeze-denoiser]
+    C is constant (``no_grad`` in the reference); only s_θ changes; L still contains L_pred.
+``predictor-only`` [denoiser-only]
+    ``DiscriminativeModel``: ``L = mean_b ½·Σ_{f,τ}|C_b − X_b|²`` (mean over the batch).
+``score-only`` [score-only]
+    ``ScoreModel`` (SGMSE+): the attractor is Y itself, ``μ = e^{−θt}·X + (1 − e^{−θt})·Y``,
+    the score sees ``[x_t, Y]`` (``condition="noisy"``), ``L = mean_b ½·Σ|σ·s + z|²``.
+
+Optimiser: Adam (lr 1e-4, PyTorch defaults β = (0.9, 0.999), ε = 1e-8). EMA: after every
+optimiser step ``ema ← ema − (1 − d)·(ema − θ)`` with ``d = min(decay, (1 + n)/(10 + n))``, n the
+number of updates so far (``torch_ema.ExponentialMovingAverage``, ``use_num_updates=True``).
+
+Determinism: the key of step ``k`` is ``fold_in(key(seed), k)`` and the batch of step ``k`` is a
+pure function of the :class:`~storm_jax.data.BatchState`; a checkpoint stores params, EMA,
+optimiser state, step, the PRNG key and the batch state, so a resumed run reproduces the
+uninterrupted one bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .audio import compress, stft
+from .data import BatchConfig, BatchIterator, BatchState, DatasetError, PairDataset, data_fingerprint
+from .model import StormConfig, StormModel, init_storm, predictor, score, storm_config
+from .sampling import complex_normal
+
+__all__ = [
+    "MODES",
+    "TrainConfig",
+    "TrainState",
+    "TrainingDiverged",
+    "CheckpointMismatch",
+    "model_config_for",
+    "spectrograms",
+    "storm_loss",
+    "ema_init",
+    "ema_update",
+    "init_train_state",
+    "train_step",
+    "train",
+    "load_training_checkpoint",
+    "export_ema_model",
+]
+
+MODES = ("joint", "freeze-predictor", "predictor-only", "score-only")
+_MODE_ALIASES = {
+    "regen-joint-training": "joint",
+    "regen-freeze-denoiser": "freeze-predictor",
+    "denoiser-only": "predictor-only",
+    "frozen-predictor": "freeze-predictor",
+}
+
+# Fields of TrainConfig that may change between a run and its resumption.
+_RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utterances", "val_steps", "keep", "progress")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint directory belongs to a run with a different configuration or data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (hashable, static).
+
+    Attributes:
+        model: the StoRM configuration (backbone, SDE, front end, condition); adjusted to the
+            mode by :func:`model_config_for` (predictor-only: no score network; score-only: no
+            predictor, ``condition="noisy"``).
+        mode: one of :data:`MODES` (reference names are accepted too).
+        lr: Adam learning rate (reference 1e-4).
+        ema_decay: parameter EMA decay (reference 0.999).
+        weighting: ``a`` in ``L = a·L_pred + (1 − a)·L_score`` (reference 0.5).
+        batch_size, frames: examples per batch and STFT frames per crop (reference 8, 256);
+            ``frames`` must be a multiple of ``2^(len(ch_mult) − 1)``.
+        m: the fixed training amplitude M* (``y = s + M*·n``; 1 for the embedded corpus).
+        seed: seed of the parameters, the PRNG stream and the batch order.
+        steps: total optimiser steps of the run (may be raised when resuming).
+        log_every: steps between JSON-lines log records.
+        ckpt_every: steps between checkpoints (and one at the end).
+        keep: checkpoints kept.
+        val_every: steps between validations (0: only at the end; −1: never).
+        val_utterances: validation utterances (centre crops of ``val_frames`` frames).
+        val_frames: frames of each validation crop.
+        val_steps: reverse steps N of the validation sampler.
+        progress: show a tqdm progress bar.
+    """
+
+    model: StormConfig = dataclasses.field(default_factory=lambda: storm_config("tiny"))
+    mode: str = "joint"
+    lr: float = 1e-4
+    ema_decay: float = 0.999
+    weighting: float = 0.5
+    batch_size: int = 8
+    frames: int = 256
+    m: float = 1.0
+    seed: int = 0
+    steps: int = 1000
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep: int = 2
+    val_every: int = 0
+    val_utterances: int = 4
+    val_frames: int = 256
+    val_steps: int = 30
+    progress: bool = True
+
+    def __post_init__(self):
+        mode = _MODE_ALIASES.get(self.mode, self.mode)
+        object.__setattr__(self, "mode", mode)
+        problems = []
+        if mode not in MODES:
+            problems.append(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be finite and > 0, got {self.lr}")
+        if not (0 <= self.ema_decay < 1):
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not (0 <= self.weighting <= 1):
+            problems.append(f"weighting must be in [0, 1], got {self.weighting}")
+        for name in ("batch_size", "frames", "steps", "log_every", "ckpt_every", "keep", "val_utterances", "val_frames", "val_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < (0 if name == "steps" else 1):
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        mult = 2 ** (len(self.model.backbone.ch_mult) - 1)
+        for name in ("frames", "val_frames"):
+            v = getattr(self, name)
+            if isinstance(v, (int, np.integer)) and v % mult:
+                problems.append(f"{name}={v} must be a multiple of {mult} (2^(len(ch_mult)-1) for ch_mult={self.model.backbone.ch_mult})")
+        if not (math.isfinite(self.m) and self.m >= 0):
+            problems.append(f"m must be finite and >= 0, got {self.m}")
+        if problems:
+            raise ValueError("TrainConfig: " + "; ".join(problems))
+
+    def batch_config(self) -> BatchConfig:
+        """Training batches: random crops, fixed amplitude M*, normalised by max|y| (reference)."""
+        return BatchConfig(batch_size=self.batch_size, frames=self.frames, hop=self.model.spec.hop, crop="random",
+                           amplitude="fixed", m=self.m, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (the model config in the :mod:`storm_jax.checkpoints` format)."""
+        from .checkpoints import config_to_dict
+
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+        d["model"] = config_to_dict(self.model)
+        return json.loads(json.dumps(d))
+
+
+def model_config_for(config: TrainConfig) -> StormConfig:
+    """The model configuration a mode trains (reference ``train.py``: ``denoiser-only`` builds a
+    ``DiscriminativeModel``, ``score-only`` a ``ScoreModel`` conditioned on Y)."""
+    m = config.model
+    if config.mode == "predictor-only":
+        return dataclasses.replace(m, has_predictor=True, has_score=False)
+    if config.mode == "score-only":
+        return dataclasses.replace(m, has_predictor=False, has_score=True, condition="noisy")
+    return dataclasses.replace(m, has_predictor=True, has_score=True)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+
+def spectrograms(model_config: StormConfig, clean, noisy):
+    """``(X, Y)``: compressed spectrograms ``β·|STFT|^α·e^{i∠}`` of the (already ν-normalised)
+    clean and noisy crops ``[B, L]`` → ``[B, F, 1 + L // hop]`` (reference ``Specs.__getitem__``)."""
+    sc = model_config.spec
+    X = compress(stft(clean, sc.n_fft, sc.hop), sc.alpha, sc.beta, sc.grad_floor)
+    Y = compress(stft(noisy, sc.n_fft, sc.hop), sc.alpha, sc.beta, sc.grad_floor)
+    return X, Y
+
+
+def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: float, X, Y, key) -> tuple[Array, dict]:
+    """The reference training loss of ``mode`` (module docstring) and its parts.
+
+    Args:
+        params: ``{"predictor": …, "score": …}``.
+        X, Y: compressed clean and noisy spectrograms ``[B, F, T]``.
+        key: PRNG key; split into ``(k_t, k_z)`` for ``t ~ U(t_eps, T)`` and ``z``.
+
+    Returns:
+        ``(loss, {"loss", "loss_score", "loss_predictor"})`` (absent parts are 0).
+    """
+    model = StormModel(config=model_config, params=params)
+    sde = model_config.sde
+    B = X.shape[0]
+    rdt = jnp.real(X).dtype
+    zero = jnp.zeros((), rdt)
+    if mode == "predictor-only":
+        C = predictor(model, Y)
+        loss = jnp.mean(0.5 * jnp.sum(jnp.abs(C - X) ** 2, axis=(-2, -1)))
+        return loss, {"loss": loss, "loss_score": zero, "loss_predictor": loss}
+    kt, kz = jax.random.split(key)
+    t = jax.random.uniform(kt, (B,), rdt) * (sde.T - sde.t_eps) + sde.t_eps
+    z = complex_normal(kz, X.shape, X.dtype)
+    if mode == "score-only":
+        C = None
+        attractor = Y
+    else:
+        C = predictor(model, Y)
+        if mode == "freeze-predictor":
+            C = jax.lax.stop_gradient(C)
+        attractor = C
+    sigma = sde.std(t)[:, None, None]
+    x_t = sde.mean(X, attractor, t) + sigma * z
+    s = score(model, x_t, t, Y, C)
+    err = s * sigma + z
+    if mode == "score-only":
+        loss = jnp.mean(0.5 * jnp.sum(jnp.abs(err) ** 2, axis=(-2, -1)))
+        return loss, {"loss": loss, "loss_score": loss, "loss_predictor": zero}
+    loss_score = 0.5 * jnp.sum(jnp.abs(err) ** 2)
+    loss_pred = 0.5 * jnp.sum(jnp.abs(C - X) ** 2)
+    loss = weighting * loss_pred + (1.0 - weighting) * loss_score
+    return loss, {"loss": loss, "loss_score": loss_score, "loss_predictor": loss_pred}
+
+
+Array = jax.Array
+
+# --------------------------------------------------------------------------------------- EMA
+
+
+def ema_init(params) -> dict:
+    """EMA state ``{"params": copy of params, "count": 0}``."""
+    return {"params": jax.tree_util.tree_map(jnp.array, params), "count": jnp.zeros((), jnp.int32)}
+
+
+def ema_update(ema: dict, params, decay: float) -> dict:
+    """``n ← n + 1``, ``d = min(decay, (1 + n)/(10 + n))``, ``ema ← ema − (1 − d)·(ema − params)``
+    (``torch_ema.ExponentialMovingAverage.update`` with ``use_num_updates=True``)."""
+    n = ema["count"] + 1
+    nf = n.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + nf) / (10.0 + nf))
+
+    def upd(e, p):
+        return e - (1.0 - d).astype(e.dtype) * (e - p)
+
+    return {"params": jax.tree_util.tree_map(upd, ema["params"], params), "count": n}
+
+
+# ------------------------------------------------------------------------------ train state
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree).
+
+    Attributes:
+        step: optimiser steps done.
+        params: ``{"predictor": …, "score": …}`` (``None`` for an absent network).
+        opt_state: optax Adam state.
+        ema: :func:`ema_init` state.
+        key: the run's base PRNG key data (``uint32[2]``); step k uses ``fold_in(key, k)``.
+    """
+
+    step: Array
+    params: dict
+    opt_state: Any
+    ema: dict
+    key: Array
+
+
+def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with the PyTorch defaults (β₁ 0.9, β₂ 0.999, ε 1e-8)."""
+    return optax.adam(config.lr, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def init_train_state(config: TrainConfig) -> TrainState:
+    """Fresh state: parameters from ``init_storm(model_config_for(config), fold_in(key(seed), −1…))``."""
+    base = jax.random.key(config.seed)
+    model = init_storm(model_config_for(config), jax.random.fold_in(base, 2**31 - 1))
+    params = model.params
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=_optimizer(config).init(params),
+                      ema=ema_init(params), key=jax.random.key_data(base))
+
+
+def _step_impl(config: TrainConfig, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
+    mcfg = model_config_for(config)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    X, Y = spectrograms(mcfg, clean, noisy)
+    grad_fn = jax.value_and_grad(storm_loss, has_aux=True)
+    (_, parts), grads = grad_fn(state.params, mcfg, config.mode, config.weighting, X, Y, key)
+    if config.mode == "freeze-predictor":
+        grads = dict(grads, predictor=jax.tree_util.tree_map(jnp.zeros_like, grads["predictor"]))
+    updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema, params, config.ema_decay)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), parts
+
+
+train_step = jax.jit(_step_impl, static_argnums=(0,), donate_argnums=())
+"""``train_step(config, state, clean, noisy) -> (state, losses)``: one jit-compiled optimiser step
+on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(state.key, state.step)``."""
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def _fingerprint_dict(config: TrainConfig, data_fp: str) -> dict:
+    d = config.to_dict()
+    for k in _RESUMABLE_FIELDS:
+        d.pop(k, None)
+    d["data"] = data_fp
+    return d
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(_diff(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k}: checkpoint {va!r} vs requested {vb!r}")
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(f"checkpoint directory {out} is not writable ({err.strerror or err})") from None
+
+
+def _manager(out: Path, keep: int):
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(out / "checkpoints", options=opts, item_names=("state", "meta"))
+
+
+def _state_tree(state: TrainState) -> dict:
+    return jax.tree_util.tree_map(np.asarray, {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+                                               "ema": state.ema, "key": state.key})
+
+
+def _save(mngr, state: TrainState, batch_state: BatchState, extra: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    step = int(state.step)
+    meta = {"step": step, "batch_state": batch_state.to_dict(), **extra}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+
+
+def _restore(mngr, step: int, template: TrainState) -> tuple[TrainState, dict]:
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), _state_tree(template))
+    got = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    tree = jax.tree_util.tree_map(jnp.asarray, got["state"])
+    # Restore into the template's exact pytree structure (namedtuples of the optax state).
+    leaves = jax.tree_util.tree_leaves(tree)
+    tdef = jax.tree_util.tree_structure(_state_tree(template))
+    t = jax.tree_util.tree_unflatten(tdef, leaves)
+    state = TrainState(step=t["step"], params=t["params"], opt_state=t["opt_state"], ema=t["ema"], key=t["key"])
+    return state, dict(got["meta"])
+
+
+def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) -> tuple[TrainConfig, TrainState, dict]:
+    """``(config, state, meta)`` of a run directory's latest (or given) checkpoint."""
+    out = Path(out)
+    cfg_file = out / "train_config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{out}: not a storm-jax training directory (no train_config.json)")
+    config = _config_from_dict(json.loads(cfg_file.read_text()))
+    mngr = _manager(out, config.keep)
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{out}: no checkpoint saved yet")
+    state, meta = _restore(mngr, step, init_train_state(config))
+    mngr.close()
+    return config, state, meta
+
+
+def _config_from_dict(d: dict) -> TrainConfig:
+    from .checkpoints import config_from_dict
+
+    d = dict(d)
+    model = config_from_dict(d.pop("model"), "train_config.json")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(model=model, **{k: v for k, v in d.items() if k in names})
+
+
+def export_ema_model(out: str | os.PathLike, dest: str | os.PathLike, step: int | None = None) -> Path:
+    """Write the EMA weights of a run's checkpoint as a model directory
+    (:func:`storm_jax.checkpoints.save_model`), the weights the reference evaluates with."""
+    from .checkpoints import save_model
+
+    config, state, _ = load_training_checkpoint(out, step)
+    return save_model(StormModel(config=model_config_for(config), params=state.ema["params"]), dest)
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _resolve_data(data, split: str) -> PairDataset:
+    from .data import embedded_corpus, folder_dataset
+
+    if isinstance(data, PairDataset):
+        return data
+    if data is None or data == "embedded":
+        return embedded_corpus(split, progress=False)
+    return folder_dataset(data, split)
+
+
+def _check_impossible(dataset: PairDataset, bc: BatchConfig, what: str) -> None:
+    n = len(dataset)
+    if n == 0:
+        raise DatasetError(f"{what}: the dataset {dataset.name} is empty")
+    if bc.batch_size > n:
+        raise DatasetError(f"{what}: batch_size {bc.batch_size} is larger than the dataset {dataset.name} ({n} utterances)")
+    longest = int(np.max(dataset.lengths))
+    if bc.samples > longest:
+        raise DatasetError(f"{what}: a crop of {bc.frames} frames ({bc.samples} samples) is longer than every utterance of "
+                           f"{dataset.name} (longest {longest} samples); use frames <= {longest // bc.hop + 1}")
+
+
+class _Log:
+    """Append-only JSON-lines log; on resume, records after the restored step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if path.exists():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if resume_step is not None and rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            _write_atomic(path, "".join(l + "\n" for l in keep))
+
+    def write(self, rec: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    data: str | os.PathLike | PairDataset | None = "embedded",
+    valid_data: str | os.PathLike | PairDataset | None = None,
+    *,
+    stop_after: int | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train (or resume) a run in directory ``out``; returns a summary dict.
+
+    ``data``: ``"embedded"`` (the embedded corpus' train split), a dataset folder
+    (:func:`~storm_jax.data.folder_dataset`) or a :class:`~storm_jax.data.PairDataset`.
+    ``valid_data`` likewise (default: the valid split of ``data`` when it is a name/folder).
+
+    Every error that can be detected up front (missing/empty/corrupt dataset, mismatched
+    pairs, crop longer than every file, batch larger than the dataset, unwritable ``out``, a
+    checkpoint from another configuration or dataset) is raised before the first step.
+    A non-finite loss raises :class:`TrainingDiverged` without saving the bad state (the last
+    good checkpoint stays). ``stop_after`` ends the call after that many steps of this call (for
+    tests of interruption); ``callback(step, losses)`` is called after every step.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    train_ds = _resolve_data(data, "train")
+    if valid_data is None and not isinstance(data, PairDataset):
+        valid_data = data
+    valid_ds = _resolve_data(valid_data, "valid") if (valid_data is not None and config.val_every >= 0) else None
+    bc = config.batch_config()
+    _check_impossible(train_ds, bc, "training data")
+    if valid_ds is not None:
+        vbc = _valid_batch_config(config, len(valid_ds))
+        _check_impossible(valid_ds, dataclasses.replace(vbc, batch_size=1), "validation data")
+    _check_writable(out)
+    fp = _fingerprint_dict(config, data_fingerprint(train_ds, bc))
+
+    fp_file = out / "fingerprint.json"
+    mngr = None
+    if fp_file.exists():
+        old = json.loads(fp_file.read_text())
+        diff = _diff(old, fp)
+        if diff:
+            raise CheckpointMismatch(f"{out} holds checkpoints of a different run; refusing to resume. Differences:\n  "
+                                     + "\n  ".join(diff) + "\nUse another --out directory (or delete this one).")
+    mngr = _manager(out, config.keep)
+    state = init_train_state(config)
+    batch_state = BatchState()
+    latest = mngr.latest_step()
+    if latest is not None:
+        state, meta = _restore(mngr, latest, state)
+        batch_state = BatchState.from_dict(meta["batch_state"])
+    else:
+        _write_atomic(fp_file, json.dumps(fp, indent=2))
+    _write_atomic(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
+    log = _Log(out / "log.jsonl", latest if latest is not None else 0)
+
+    it = BatchIterator(train_ds, bc, batch_state)
+    start = int(state.step)
+    last_good = latest
+    total = config.steps
+    end = total if stop_after is None else min(total, start + stop_after)
+    history: list[float] = []
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not config.progress, dynamic_ncols=True)
+    t0, n_timed = time.perf_counter(), 0
+    val = None
+    try:
+        while int(state.step) < end:
+            pos = it.state
+            batch = next(it)
+            new_state, parts = train_step(config, state, jnp.asarray(batch.clean), jnp.asarray(batch.noisy))
+            parts = {k: float(v) for k, v in parts.items()}
+            step = int(new_state.step)
+            if not all(math.isfinite(v) for v in parts.values()):
+                log.write({"step": step, "event": "diverged", **{k: repr(v) for k, v in parts.items()}})
+                raise TrainingDiverged(f"non-finite loss at step {step} ({parts}); stopped. "
+                                       f"The last good checkpoint is {'step ' + str(last_good) if last_good is not None else 'none (no checkpoint was saved yet)'} in {out / 'checkpoints'}")
+            state = new_state
+            history.append(parts["loss"])
+            n_timed += 1
+            rate = n_timed / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4g}", steps_s=f"{rate:.3g}")
+            if callback is not None:
+                callback(step, parts)
+            if step % config.log_every == 0 or step == end:
+                log.write({"step": step, **parts, "steps_per_s": rate, "epoch": it.state.epoch, "time": time.time()})
+            if step % config.ckpt_every == 0 or step == end:
+                _save(mngr, state, it.state, {"data_position_before_step": pos.to_dict()})
+                last_good = step
+            if valid_ds is not None and ((config.val_every > 0 and step % config.val_every == 0) or (step == total)):
+                val = _validate(config, state, valid_ds)
+                log.write({"step": step, "valid": val})
+                bar.write(f"step {step}: valid " + ", ".join(f"{s} " + " ".join(f"{k}={v:.3f}" for k, v in m.items()) for s, m in val.items()))
+    except KeyboardInterrupt:
+        if last_good != int(state.step) and int(state.step) > 0:
+            _save(mngr, state, it.state, {"interrupted": True})
+        raise
+    finally:
+        bar.close()
+        mngr.close()
+    return {"step": int(state.step), "losses": history, "validation": val, "out": str(out), "last_checkpoint": last_good}
+
+
+def _valid_batch_config(config: TrainConfig, n: int) -> BatchConfig:
+    return BatchConfig(batch_size=min(config.val_utterances, n), frames=config.val_frames, hop=config.model.spec.hop,
+                       crop="centre", shuffle=False, drop_last=True, amplitude="fixed", m=config.m, seed=0)
+
+
+def _validate(config: TrainConfig, state: TrainState, valid_ds: PairDataset) -> dict:
+    """Metrics of the EMA model on centre crops of the first ``val_utterances`` utterances."""
+    from .evaluation import evaluate_crops
+
+    model = StormModel(config=model_config_for(config), params=state.ema["params"])
+    vbc = _valid_batch_config(config, len(valid_ds))
+    # crops shorter than the utterance are fine; longer ones are zero-padded symmetrically
+    return evaluate_crops(model, valid_ds, vbc, steps=config.val_steps, key=jax.random.key(config.seed))

@@ -1,0 +1,114 @@
+"""``storm-jax train``, ``storm-jax evaluate`` and ``storm-jax export`` (registered by :mod:`storm_jax.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+__all__ = ["add_commands"]
+
+
+def cmd_train(args) -> int:
+    from .model import storm_config
+    from .train import TrainConfig, TrainingDiverged, export_ema_model, train
+
+    overrides = {}
+    if args.condition:
+        overrides["condition"] = args.condition
+    config = TrainConfig(
+        model=storm_config(args.preset, **overrides), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
+        weighting=args.weighting, batch_size=args.batch_size, frames=args.frames, m=args.m, seed=args.seed,
+        steps=args.steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
+        val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
+    )
+    data = "embedded" if args.data == "embedded" else args.data
+    try:
+        summary = train(config, args.out, data)
+    except PermissionError as err:
+        print(f"storm-jax train: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"storm-jax train: {err}", file=sys.stderr)
+        return 3
+    losses = summary["losses"]
+    if losses:
+        print(f"trained to step {summary['step']} in {args.out}; last loss {losses[-1]:.5g}")
+    else:
+        print(f"{args.out} is already at step {summary['step']} (>= --steps {args.steps})")
+    if args.export:
+        path = export_ema_model(args.out, args.export)
+        print(f"exported the EMA weights to {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .train import export_ema_model
+
+    path = export_ema_model(args.run, args.dest, args.step)
+    print(f"exported the EMA weights of {args.run} to {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoints import resolve_model
+    from .data import embedded_corpus, folder_dataset
+    from .evaluation import evaluate_dataset, format_table, summarize
+
+    model = resolve_model(args.checkpoint)
+    ds = embedded_corpus(args.split, progress=False) if args.data == "embedded" else folder_dataset(args.data, args.split)
+    per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, steps=args.steps, seed=args.seed, progress=not args.json)
+    summary = summarize(per)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        n = len(next(iter(next(iter(per.values())).values())))
+        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps")
+        print(format_table(summary))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate`` and ``export`` to the ``storm-jax`` sub-command parser."""
+    t = sub.add_parser("train", help="train a StoRM model (resumable; see storm_jax.train)")
+    t.add_argument("--preset", default="tiny", help="NCSN++ preset (tiny, small, ncsnpp, …)")
+    t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
+    t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
+    t.add_argument("--data", default="embedded", help="'embedded' or a dataset folder")
+    t.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl); an existing run is resumed")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--weighting", type=float, default=0.5)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--frames", type=int, default=256, help="STFT frames per training crop")
+    t.add_argument("--m", type=float, default=1.0, help="training amplitude M* (y = s + M*·n)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--ckpt-every", type=int, default=100)
+    t.add_argument("--keep", type=int, default=2)
+    t.add_argument("--val-every", type=int, default=0, help="0: validate at the end only; -1: never")
+    t.add_argument("--val-utterances", type=int, default=4)
+    t.add_argument("--val-frames", type=int, default=256)
+    t.add_argument("--val-steps", type=int, default=30)
+    t.add_argument("--export", default=None, help="after training, write the EMA model to this directory")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="SI-SDR/PESQ/ESTOI of noisy, predictor and StoRM outputs on a test split")
+    e.add_argument("--checkpoint", default=None, help="model directory (default: the shipped pretrained model)")
+    e.add_argument("--data", default="embedded", help="'embedded' or a dataset folder")
+    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    e.add_argument("--limit", type=int, default=None, help="first K utterances")
+    e.add_argument("--steps", type=int, default=30, help="reverse steps N")
+    e.add_argument("--m", type=float, default=1.0, help="noise amplitude M")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print {system: {si_sdr, pesq, estoi}} as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="write the EMA weights of a training run as a model directory")
+    x.add_argument("run", help="run directory of storm-jax train")
+    x.add_argument("dest", help="model directory to write")
+    x.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    x.set_defaults(func=cmd_export)
