@@ -9,7 +9,7 @@ discretization) · ``data`` · ``metrics`` · ``checkpoints``.
 
 from .analysis import factorize, kink_statistic, pathwise_derivative, si_sdr_derivative
 from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
-from .checkpoints import load_model, save_model
+from .checkpoints import load_model, pretrained_path, save_model
 from .continuous import BrownianPath, SolveConfig, brownian_path, draws_from_path, solve_reverse
 from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
 from .metrics import si_sdr
@@ -19,6 +19,8 @@ from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
 from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixture, enhance_waveform, mix, spec_shape
 from .sampling import Draws, SamplerConfig, make_draws, sample, sample_with_score, time_grid
 from .sde import OUVE
+from .train import MODES, CheckpointMismatch, TrainConfig, TrainingDiverged, export_ema_model, storm_loss, train, train_step
+from .evaluation import evaluate_dataset
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,17 @@ __all__ = [
     "pesq_wb",
     "si_sar",
     "si_sir",
+    # training and evaluation (issue 3, items 5-6)
+    "MODES",
+    "CheckpointMismatch",
+    "TrainConfig",
+    "TrainingDiverged",
+    "evaluate_dataset",
+    "export_ema_model",
+    "pretrained_path",
+    "storm_loss",
+    "train",
+    "train_step",
     # core
     "CONDITIONS",
     "Draws",

@@ -27,7 +27,7 @@ from .model import StormConfig, StormModel, init_storm, param_shapes
 from .nn import NCSNppConfig, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["config_to_dict", "config_from_dict", "save_model", "load_model", "resolve_model"]
+__all__ = ["config_to_dict", "config_from_dict", "save_model", "load_model", "resolve_model", "pretrained_path", "PRETRAINED_DIR", "DEFAULT_PRETRAINED"]
 
 _FORMAT = "storm-jax/model/1"
 
@@ -95,10 +95,29 @@ def save_model(model: StormModel, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike, dtype=jnp.float32) -> StormModel:
-    """Load a model directory written by :func:`save_model` (parameters cast to ``dtype``)."""
+PRETRAINED_DIR = Path(__file__).parent / "assets" / "pretrained"
+"""Where the shipped pretrained models live (one model directory each)."""
+
+DEFAULT_PRETRAINED = "tiny-embedded"
+"""The shipped model :func:`load_model` loads without an argument: the ``tiny`` preset trained on
+the embedded corpus (denoise task) at the fixed amplitude M* = 1 (README § Pretrained model)."""
+
+
+def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path | None:
+    """Directory of the shipped pretrained model ``name``, or ``None`` if it is not installed."""
+    p = PRETRAINED_DIR / name
+    return p if (p / "config.json").is_file() else None
+
+
+def load_model(path: str | os.PathLike | None = None, dtype=jnp.float32) -> StormModel:
+    """Load a model directory written by :func:`save_model` (parameters cast to ``dtype``);
+    without ``path``, the shipped pretrained model (:data:`DEFAULT_PRETRAINED`)."""
     import orbax.checkpoint as ocp
 
+    if path is None:
+        path = pretrained_path()
+        if path is None:
+            raise FileNotFoundError(f"no pretrained model is installed in {PRETRAINED_DIR / DEFAULT_PRETRAINED}; pass a model directory")
     path = Path(path).absolute()
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -121,10 +140,17 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32) -> StormModel:
 
 
 def resolve_model(spec: str | None, key=None) -> StormModel:
-    """A model from a CLI-style spec: a model directory, or ``preset:NAME`` (random weights,
-    for testing the plumbing)."""
+    """A model from a CLI-style spec: a model directory, ``pretrained[:NAME]`` (a shipped model),
+    or ``preset:NAME`` (random weights, for testing the plumbing). ``None`` means the shipped
+    pretrained model when it is installed, else ``preset:tiny``."""
     if spec is None:
-        spec = "preset:tiny"
+        spec = "pretrained" if pretrained_path() is not None else "preset:tiny"
+    if spec == "pretrained" or spec.startswith("pretrained:"):
+        name = spec.split(":", 1)[1] if ":" in spec else DEFAULT_PRETRAINED
+        path = pretrained_path(name)
+        if path is None:
+            raise FileNotFoundError(f"no pretrained model {name!r} in {PRETRAINED_DIR}")
+        return load_model(path)
     if spec.startswith("preset:"):
         name = spec.split(":", 1)[1]
         ncsnpp_config(name)  # validates the name

@@ -103,7 +103,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Enhance a generated example (until a trained model ships, with a random tiny model)."""
+    """Enhance a generated example (with the shipped pretrained model unless --checkpoint is given)."""
     import jax
     import numpy as np
 
@@ -125,7 +125,10 @@ def cmd_demo(args) -> int:
     out = Path(args.output)
     for name, x in (("clean", clean), ("noisy", noisy), ("enhanced", enhanced)):
         write_audio(out / f"{name}.wav", np.asarray(x), rate)
-    print(f"model: {args.checkpoint or 'preset:tiny'} ({'random weights' if (args.checkpoint or 'preset:').startswith('preset:') else 'trained'})")
+    from .checkpoints import pretrained_path
+
+    spec = args.checkpoint or ("pretrained" if pretrained_path() is not None else "preset:tiny")
+    print(f"model: {spec} ({'random weights' if spec.startswith('preset:') else 'trained'})")
     print(f"enhanced {args.seconds:.1f} s of audio with N={args.steps} steps in {wall:.1f} s (including compilation)")
     print(f"SI-SDR noisy    {float(si_sdr(noisy, clean)):7.2f} dB")
     print(f"SI-SDR enhanced {float(si_sdr(enhanced, clean)):7.2f} dB")
@@ -138,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="enhance a generated example (the default main job)")
-    d.add_argument("--checkpoint", default=None, help="model directory or preset:NAME (default preset:tiny)")
+    d.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped pretrained model)")
     d.add_argument("--steps", type=int, default=30)
     d.add_argument("--seconds", type=float, default=2.0)
     d.add_argument("--seed", type=int, default=0)
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("enhance", help="enhance audio files, lists of files or folders")
     e.add_argument("inputs", nargs="+", help="audio files, folders, or .txt/.lst files listing paths")
     e.add_argument("--output", "-o", required=True, help="output folder")
-    e.add_argument("--checkpoint", default=None, help="model directory or preset:NAME (default preset:tiny)")
+    e.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped pretrained model)")
     e.add_argument("--steps", type=int, default=30, help="reverse steps N (reference enhance(): 30)")
     e.add_argument("--corrector", choices=("none", "ald"), default="none")
     e.add_argument("--snr", type=float, default=0.5, help="ALD corrector snr")

@@ -566,14 +566,16 @@ def train(
                                        f"The last good checkpoint is {'step ' + str(last_good) if last_good is not None else 'none (no checkpoint was saved yet)'} in {out / 'checkpoints'}")
             state = new_state
             history.append(parts["loss"])
+            if n_timed == 0:  # the first step of a call includes compilation: time from its end
+                t0 = time.perf_counter()
             n_timed += 1
-            rate = n_timed / max(time.perf_counter() - t0, 1e-9)
+            rate = (n_timed - 1) / max(time.perf_counter() - t0, 1e-9) if n_timed > 1 else float("nan")
             bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.4g}", steps_s=f"{rate:.3g}")
+            bar.set_postfix(loss=f"{parts['loss']:.4g}", steps_s=f"{rate:.3g}")  # tqdm's own rate includes compilation
             if callback is not None:
                 callback(step, parts)
             if step % config.log_every == 0 or step == end:
-                log.write({"step": step, **parts, "steps_per_s": rate, "epoch": it.state.epoch, "time": time.time()})
+                log.write({"step": step, **parts, "steps_per_s": None if math.isnan(rate) else rate, "epoch": it.state.epoch, "time": time.time()})
             if step % config.ckpt_every == 0 or step == end:
                 _save(mngr, state, it.state, {"data_position_before_step": pos.to_dict()})
                 last_good = step
