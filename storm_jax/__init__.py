@@ -10,6 +10,7 @@ discretization) · ``data`` · ``metrics`` · ``checkpoints``.
 from .analysis import factorize, kink_statistic, pathwise_derivative, si_sdr_derivative
 from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
 from .checkpoints import load_model, pretrained_path, save_model
+from .convert import export_checkpoint, import_checkpoint
 from .continuous import BrownianPath, SolveConfig, brownian_path, draws_from_path, solve_reverse
 from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
 from .metrics import si_sdr
@@ -80,6 +81,8 @@ __all__ = [
     "enhance",
     "enhance_mixture",
     "enhance_waveform",
+    "export_checkpoint",
+    "import_checkpoint",
     "init_storm",
     "param_shapes",
     "istft",
