@@ -1,4 +1,5 @@
-"""The ``storm-jax`` command: ``demo``, ``enhance``, ``info``, ``corpus``."""
+"""The ``storm-jax`` command: ``demo``, ``enhance``, ``info``, ``corpus``, ``import-ckpt``,
+``export-ckpt`` (and the training commands of ``train_cli``)."""
 
 from __future__ import annotations
 
@@ -136,6 +137,55 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_import_ckpt(args) -> int:
+    """Convert a reference PyTorch Lightning ``.ckpt`` into a model directory (``save_model``),
+    plus ``reference.json`` (source file, EMA choice, layout, the original hyper-parameters)."""
+    from .checkpoints import save_model
+    from .convert import read_checkpoint
+    from .nn import count_params
+
+    try:
+        ref = read_checkpoint(args.checkpoint, allow=args.allow)
+    except ImportError as err:
+        print(f"storm-jax import-ckpt: {err}", file=sys.stderr)
+        return 2
+    use_ema = not args.no_ema and ref.ema is not None
+    if not args.no_ema and ref.ema is None:
+        print(f"notice: {ref.path} has no EMA state; using the raw state_dict weights", file=sys.stderr)
+    model = ref.model(ema=use_ema)
+    out = save_model(model, args.output)
+    provenance = {
+        "source": str(Path(args.checkpoint).absolute()),
+        "layout": ref.layout,
+        "ema": use_ema,
+        "ema_meta": ref.ema_meta,
+        "hyper_parameters": ref.hyper_parameters,
+    }
+    (out / "reference.json").write_text(json.dumps(provenance, indent=2, default=repr))
+    nets = [r for r in ("predictor", "score") if model.params.get(r) is not None]
+    sizes = ", ".join(f"{r} {count_params(model.params[r]):,d}" for r in nets)
+    print(f"imported {args.checkpoint} ({ref.layout} layout, {'EMA' if use_ema else 'raw'} weights; {sizes} parameters) into {out}")
+    return 0
+
+
+def cmd_export_ckpt(args) -> int:
+    """Write a model directory as a reference-layout ``.ckpt`` (hyper-parameters of an imported
+    model's ``reference.json`` are carried over)."""
+    from .checkpoints import load_model
+    from .convert import export_checkpoint
+
+    model = load_model(args.model)
+    prov_file = Path(args.model) / "reference.json"
+    hp = json.loads(prov_file.read_text()).get("hyper_parameters") if prov_file.is_file() else None
+    try:
+        out = export_checkpoint(model, args.output, hyper_parameters=hp)
+    except ImportError as err:
+        print(f"storm-jax export-ckpt: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storm-jax", description="Differentiable analysis of StoRM in JAX")
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--condition", choices=("both", "noisy", "predictor"), default="both")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("import-ckpt", help="convert a reference (sp-uhh/storm) PyTorch .ckpt into a model directory")
+    c.add_argument("checkpoint", help="PyTorch Lightning .ckpt of the reference (StoRM, score-only or denoiser-only)")
+    c.add_argument("output", help="model directory to write (use it as --checkpoint elsewhere)")
+    c.add_argument("--no-ema", action="store_true", help="use the raw state_dict instead of the EMA weights")
+    c.add_argument("--allow", action="append", default=[], metavar="NAME", help="trust one more pickled global (mapped to an inert stand-in)")
+    c.set_defaults(func=cmd_import_ckpt)
+
+    x = sub.add_parser("export-ckpt", help="write a model directory as a reference-layout PyTorch .ckpt")
+    x.add_argument("model", help="model directory (save_model / import-ckpt)")
+    x.add_argument("output", help=".ckpt file to write")
+    x.set_defaults(func=cmd_export_ckpt)
 
     # `corpus` has its own parser (storm_jax.data.build_corpus_main); listed here for --help.
     sub.add_parser("corpus", help="build or locate the embedded speech corpus (storm-jax corpus --help)", add_help=False)
