@@ -72,6 +72,7 @@ __all__ = [
     "ema_update",
     "init_train_state",
     "train_step",
+    "StepSpec",
     "train",
     "load_training_checkpoint",
     "export_ema_model",
@@ -295,7 +296,7 @@ class TrainState:
     key: Array
 
 
-def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def _optimizer(config) -> optax.GradientTransformation:
     """Adam with the PyTorch defaults (β₁ 0.9, β₂ 0.999, ε 1e-8)."""
     return optax.adam(config.lr, b1=0.9, b2=0.999, eps=1e-8)
 
@@ -309,8 +310,24 @@ def init_train_state(config: TrainConfig) -> TrainState:
                       ema=ema_init(params), key=jax.random.key_data(base))
 
 
-def _step_impl(config: TrainConfig, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
-    mcfg = model_config_for(config)
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """The static part of a training step (what the compiled step depends on; changing
+    ``steps`` or logging cadence does not recompile)."""
+
+    model: StormConfig
+    mode: str
+    lr: float
+    ema_decay: float
+    weighting: float
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "StepSpec":
+        return cls(model_config_for(config), config.mode, config.lr, config.ema_decay, config.weighting)
+
+
+def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
+    mcfg = config.model
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     X, Y = spectrograms(mcfg, clean, noisy)
     grad_fn = jax.value_and_grad(storm_loss, has_aux=True)
@@ -323,8 +340,8 @@ def _step_impl(config: TrainConfig, state: TrainState, clean, noisy) -> tuple[Tr
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), parts
 
 
-train_step = jax.jit(_step_impl, static_argnums=(0,), donate_argnums=())
-"""``train_step(config, state, clean, noisy) -> (state, losses)``: one jit-compiled optimiser step
+train_step = jax.jit(_step_impl, static_argnums=(0,))
+"""``train_step(StepSpec.of(config), state, clean, noisy) -> (state, losses)``: one jit-compiled optimiser step
 on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(state.key, state.step)``."""
 
 
@@ -408,7 +425,7 @@ def _restore(mngr, step: int, template: TrainState) -> tuple[TrainState, dict]:
 
 def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) -> tuple[TrainConfig, TrainState, dict]:
     """``(config, state, meta)`` of a run directory's latest (or given) checkpoint."""
-    out = Path(out)
+    out = Path(out).absolute()
     cfg_file = out / "train_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{out}: not a storm-jax training directory (no train_config.json)")
@@ -511,7 +528,7 @@ def train(
     """
     from tqdm import tqdm
 
-    out = Path(out)
+    out = Path(out).absolute()  # orbax needs absolute paths
     train_ds = _resolve_data(data, "train")
     if valid_data is None and not isinstance(data, PairDataset):
         valid_data = data
@@ -545,6 +562,7 @@ def train(
     log = _Log(out / "log.jsonl", latest if latest is not None else 0)
 
     it = BatchIterator(train_ds, bc, batch_state)
+    spec = StepSpec.of(config)
     start = int(state.step)
     last_good = latest
     total = config.steps
@@ -557,7 +575,7 @@ def train(
         while int(state.step) < end:
             pos = it.state
             batch = next(it)
-            new_state, parts = train_step(config, state, jnp.asarray(batch.clean), jnp.asarray(batch.noisy))
+            new_state, parts = train_step(spec, state, jnp.asarray(batch.clean), jnp.asarray(batch.noisy))
             parts = {k: float(v) for k, v in parts.items()}
             step = int(new_state.step)
             if not all(math.isfinite(v) for v in parts.values()):

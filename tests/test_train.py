@@ -1,0 +1,280 @@
+"""Training (issue 3, item 5): reference losses, resumption, NaN guard, config refusal, bad input,
+and the shipped pretrained model (item 6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+import storm_jax
+import importlib
+
+train_mod = importlib.import_module("storm_jax.train")
+from storm_jax.data import DatasetError, PairDataset
+from storm_jax.model import StormModel, init_storm, predictor, score, storm_config
+from storm_jax.sampling import complex_normal
+from storm_jax.train import (
+    CheckpointMismatch,
+    TrainConfig,
+    TrainingDiverged,
+    ema_init,
+    ema_update,
+    init_train_state,
+    load_training_checkpoint,
+    model_config_for,
+    spectrograms,
+    storm_loss,
+    train,
+    train_step,
+)
+
+# A backbone even smaller than `tiny` so that compiling a training step takes seconds.
+_BASE = storm_config("tiny")
+MODEL = dataclasses.replace(_BASE, backbone=dataclasses.replace(_BASE.backbone, nf=8, ch_mult=(1, 2), num_res_blocks=1))
+CFG = TrainConfig(model=MODEL, batch_size=2, frames=32, steps=4, log_every=1, ckpt_every=2, val_every=-1, progress=False)
+HOP = MODEL.spec.hop
+
+
+def _signals(n_utts=5, n=6000, seed=0):
+    r = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    clean = [(0.3 * np.sin(2 * np.pi * (150 + 40 * k) * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32) for k in range(n_utts)]
+    noise = [(0.1 * r.standard_normal(n)).astype(np.float32) for _ in range(n_utts)]
+    return clean, noise
+
+
+@pytest.fixture(scope="module")
+def dataset() -> PairDataset:
+    clean, noise = _signals()
+    return PairDataset.from_arrays("synthetic", [f"u{k}" for k in range(len(clean))], clean, noise)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+
+def _hand_loss(model, mode, a, X, Y, key):
+    """The reference loss written out with NumPy around the two network calls."""
+    sde = model.config.sde
+    B = X.shape[0]
+    kt, kz = jax.random.split(key)
+    t = np.asarray(jax.random.uniform(kt, (B,), jnp.float32)) * (1.0 - 0.03) + 0.03
+    z = np.asarray(complex_normal(kz, X.shape, X.dtype))
+    L = math.log(0.5 / 0.05)
+    sigma = np.sqrt(0.05**2 * (np.exp(2 * (1.5 + L) * t) - 1) * np.exp(-2 * 1.5 * t) * L / (1.5 + L))[:, None, None]
+    decay = np.exp(-1.5 * t)[:, None, None]
+    X, Y = np.asarray(X), np.asarray(Y)
+    C = np.asarray(predictor(model, Y)) if mode != "score-only" else None
+    attractor = Y if mode == "score-only" else C
+    x_t = decay * X + (1 - decay) * attractor + sigma * z
+    s = np.asarray(score(model, x_t.astype(np.complex64), t.astype(np.float32), Y, C))
+    err = sigma * s + z
+    if mode == "score-only":
+        return np.mean(0.5 * np.sum(np.abs(err) ** 2, axis=(1, 2)))
+    return a * 0.5 * np.sum(np.abs(C - X) ** 2) + (1 - a) * 0.5 * np.sum(np.abs(err) ** 2)
+
+
+@pytest.mark.parametrize("mode", ["joint", "score-only"])
+def test_loss_matches_hand_computation(mode):
+    cfg = dataclasses.replace(CFG, mode=mode)
+    mcfg = model_config_for(cfg)
+    model = init_storm(mcfg, 1)
+    r = np.random.default_rng(0)
+    clean = jnp.asarray(0.3 * r.standard_normal((2, 31 * HOP)), jnp.float32)
+    noisy = clean + jnp.asarray(0.1 * r.standard_normal((2, 31 * HOP)), jnp.float32)
+    X, Y = spectrograms(mcfg, clean, noisy)
+    assert X.shape == (2, 256, 32)
+    key = jax.random.key(7)
+    loss, parts = storm_loss(model.params, mcfg, mode, 0.5, X, Y, key)
+    want = _hand_loss(model, mode, 0.5, X, Y, key)
+    np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+    # at initialisation the network output is ≈ 0, so err ≈ z and ½·E|z|² = ½ per bin
+    n_bins = X.size if mode != "score-only" else X.size / 2
+    assert abs(float(parts["loss_score"]) / (0.5 * n_bins) - 1) < 0.05
+
+
+def test_predictor_only_loss():
+    mcfg = model_config_for(dataclasses.replace(CFG, mode="predictor-only"))
+    assert not mcfg.has_score
+    model = init_storm(mcfg, 2)
+    r = np.random.default_rng(1)
+    X = jnp.asarray(r.standard_normal((2, 256, 32)) + 1j * r.standard_normal((2, 256, 32)), jnp.complex64)
+    Y = X + 0.1
+    loss, _ = storm_loss(model.params, mcfg, "predictor-only", 0.5, X, Y, jax.random.key(0))
+    C = np.asarray(predictor(model, Y))
+    np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(C - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-5)
+
+
+def test_reference_mode_names_and_bad_config():
+    assert TrainConfig(model=MODEL, mode="regen-freeze-denoiser").mode == "freeze-predictor"
+    assert TrainConfig(model=MODEL, mode="denoiser-only").mode == "predictor-only"
+    with pytest.raises(ValueError, match="unknown mode"):
+        TrainConfig(model=MODEL, mode="nope")
+    with pytest.raises(ValueError, match="multiple of 2"):
+        TrainConfig(model=MODEL, frames=33)
+    with pytest.raises(ValueError, match="lr must be"):
+        TrainConfig(model=MODEL, lr=float("nan"))
+
+
+def test_ema_matches_torch_ema_rule():
+    p0 = {"w": jnp.zeros(3)}
+    ema = ema_init(p0)
+    ema = ema_update(ema, {"w": jnp.ones(3)}, 0.999)  # n = 1: d = min(0.999, 2/11)
+    np.testing.assert_allclose(np.asarray(ema["params"]["w"]), 1 - 2 / 11, rtol=1e-6)
+    for _ in range(2000):
+        ema = ema_update(ema, {"w": jnp.ones(3)}, 0.9)
+    assert int(ema["count"]) == 2001 and np.allclose(ema["params"]["w"], 1.0)
+
+
+# ------------------------------------------------------------------------- resume, NaN, config
+
+
+class _Stop(Exception):
+    pass
+
+
+def _kill_at(step):
+    def cb(s, _):
+        if s == step:
+            raise _Stop
+
+    return cb
+
+
+def test_resume_equals_uninterrupted_bit_identical(tmp_path, dataset):
+    cfg = CFG  # 4 steps, checkpoints every 2
+    full = train(cfg, tmp_path / "a", dataset)
+    assert full["step"] == 4 and all(np.isfinite(full["losses"]))
+    # killed after step 3 (checkpoint at 2): resumption replays step 3 onwards
+    with pytest.raises(_Stop):
+        train(cfg, tmp_path / "b", dataset, callback=_kill_at(3))
+    assert load_training_checkpoint(tmp_path / "b")[1].step == 2
+    rest = train(cfg, tmp_path / "b", dataset)
+    assert rest["losses"] == full["losses"][2:]  # bit-identical floats
+    _, sa, ma = load_training_checkpoint(tmp_path / "a")
+    _, sb, mb = load_training_checkpoint(tmp_path / "b")
+    for x, y in zip(jax.tree_util.tree_leaves((sa.params, sa.ema, sa.opt_state, sa.key)),
+                    jax.tree_util.tree_leaves((sb.params, sb.ema, sb.opt_state, sb.key))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert ma["batch_state"] == mb["batch_state"]
+    log = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # the replayed step is logged once
+    # the export holds the EMA weights
+    model = storm_jax.export_ema_model(tmp_path / "b", tmp_path / "model")
+    loaded = storm_jax.load_model(model)
+    for x, y in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(sb.ema["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, dataset, monkeypatch):
+    real = train_mod.train_step
+
+    def poisoned(config, state, clean, noisy):
+        new, parts = real(config, state, clean, noisy)
+        if int(new.step) >= 3:
+            parts = dict(parts, loss=jnp.float32(jnp.nan))
+            new = new.replace(params=jax.tree_util.tree_map(lambda p: p * jnp.nan, new.params))
+        return new, parts
+
+    monkeypatch.setattr(train_mod, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 3.*last good checkpoint is step 2"):
+        train(CFG, tmp_path / "run", dataset)
+    _, state, _ = load_training_checkpoint(tmp_path / "run")
+    assert int(state.step) == 2
+    assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree_util.tree_leaves(state.params))
+    assert "diverged" in (tmp_path / "run" / "log.jsonl").read_text()
+
+
+def test_checkpoint_of_a_different_config_is_refused(tmp_path, dataset):
+    cfg = dataclasses.replace(CFG, steps=1)
+    train(cfg, tmp_path / "run", dataset)
+    with pytest.raises(CheckpointMismatch, match=r"different run(.|\n)*lr: checkpoint 0.0001 vs requested 0.001"):
+        train(dataclasses.replace(cfg, lr=1e-3), tmp_path / "run", dataset)
+    with pytest.raises(CheckpointMismatch, match="data"):
+        train(cfg, tmp_path / "run", dataset.subset(range(4)))
+    # the number of steps (and logging cadence) may change between a run and its resumption
+    assert train(dataclasses.replace(cfg, steps=1, log_every=5), tmp_path / "run", dataset)["step"] == 1
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _wav(path: Path, x, rate=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(x, np.float32), rate, subtype="FLOAT")
+
+
+def _folder(root: Path, names=("a", "b", "c"), n=6000):
+    clean, noise = _signals(len(names), n)
+    for name, c, z in zip(names, clean, noise):
+        _wav(root / "train" / "clean" / f"{name}.wav", c)
+        _wav(root / "train" / "noisy" / f"{name}.wav", c + z)
+    return root
+
+
+def test_bad_input_fails_before_any_step(tmp_path, dataset, monkeypatch):
+    def no_step(*a, **k):
+        raise AssertionError("a training step ran")
+
+    monkeypatch.setattr(train_mod, "train_step", no_step)
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match="does not exist"):
+        train(CFG, out, tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty"):
+        train(CFG, out, tmp_path / "empty")
+    noaudio = tmp_path / "noaudio"
+    (noaudio / "train" / "clean").mkdir(parents=True)
+    (noaudio / "train" / "noisy").mkdir(parents=True)
+    (noaudio / "train" / "clean" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match="no audio files"):
+        train(CFG, out, noaudio)
+    bad = _folder(tmp_path / "bad")
+    (bad / "train" / "noisy" / "a.wav").unlink()                                    # mismatched pair
+    (bad / "train" / "clean" / "b.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # corrupt file
+    with pytest.raises(DatasetError) as err:
+        train(CFG, out, bad)
+    assert "no matching file" in str(err.value) and "unreadable audio file" in str(err.value)
+    with pytest.raises(DatasetError, match="longer than every utterance"):
+        train(dataclasses.replace(CFG, frames=64), out, dataset)                    # 64 frames = 8064 samples > 6000
+    with pytest.raises(DatasetError, match="larger than the dataset"):
+        train(dataclasses.replace(CFG, batch_size=6), out, dataset)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not writable"):
+        train(CFG, blocker / "run", dataset)
+    assert not out.exists()
+
+
+def test_cli_train_on_a_folder_and_bad_input(tmp_path, capsys):
+    from storm_jax.cli import main
+
+    code = main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    code = main(["train", "--data", str(tmp_path / "x"), "--out", str(tmp_path / "o"), "--frames", "30"])
+    assert code == 2 and "multiple of 4" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- shipped model
+
+
+def test_shipped_model_loads_and_enhances():
+    path = storm_jax.pretrained_path()
+    if path is None:
+        pytest.skip("no pretrained model shipped in this checkout")
+    model = storm_jax.load_model()
+    assert model.config.backbone == storm_config("tiny").backbone and model.config.has_predictor and model.config.has_score
+    clean, noise = _signals(1, 16000)
+    noisy = clean[0] + 0.5 * noise[0]
+    out = storm_jax.enhance(model, noisy, 0, steps=3)
+    assert out.shape == noisy.shape and np.all(np.isfinite(out))
+    from storm_jax.checkpoints import resolve_model
+
+    assert resolve_model(None).config == model.config
