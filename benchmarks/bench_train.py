@@ -1,0 +1,72 @@
+"""Training throughput: jit-compiled joint StoRM training steps per second for several presets,
+measured side by side in one process on the same batch shape.
+
+    python benchmarks/bench_train.py                       # tiny and ncsnpp, batch 2 × 64 frames
+    python benchmarks/bench_train.py --presets tiny small ncsnpp --batch 4 --frames 128 --steps 5
+
+For each preset: build the initial :class:`~storm_jax.train.TrainState` (host-side init), compile
+one :func:`~storm_jax.train.train_step` (timed separately), then time ``--steps`` further steps
+on random ν-normalised waveforms (blocking on the result). Prints one JSON line per preset and a
+summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def bench(preset: str, batch: int, frames: int, steps: int) -> dict:
+    from storm_jax.model import storm_config
+    from storm_jax.nn import count_params
+    from storm_jax.train import StepSpec, TrainConfig, init_train_state, train_step
+
+    cfg = TrainConfig(model=storm_config(preset), batch_size=batch, frames=frames, steps=steps, progress=False)
+    state = init_train_state(cfg)
+    spec = StepSpec.of(cfg)
+    n = (frames - 1) * cfg.model.spec.hop
+    r = np.random.default_rng(0)
+    clean = jnp.asarray(0.3 * r.standard_normal((batch, n)), jnp.float32)
+    noisy = clean + jnp.asarray(0.1 * r.standard_normal((batch, n)), jnp.float32)
+    t0 = time.perf_counter()
+    state, parts = train_step(spec, state, clean, noisy)
+    jax.block_until_ready(parts["loss"])
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, parts = train_step(spec, state, clean, noisy)
+    jax.block_until_ready((state.params, parts["loss"]))
+    wall = time.perf_counter() - t0
+    return {"preset": preset, "params": count_params(state.params), "batch": batch, "frames": frames, "steps": steps,
+            "compile_and_first_step_s": round(compile_s, 2), "s_per_step": round(wall / steps, 3),
+            "steps_per_s": round(steps / wall, 4), "loss": float(parts["loss"])}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "ncsnpp"])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(argv)
+    print(json.dumps({"device": str(jax.devices()[0]), "cpu": platform.processor() or platform.machine(), "jax": jax.__version__}))
+    rows = []
+    for preset in args.presets:
+        row = bench(preset, args.batch, args.frames, args.steps)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n| preset | params | batch × frames | compile + 1st step [s] | s/step | steps/s |\n|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params']:,} | {r['batch']} × {r['frames']} | {r['compile_and_first_step_s']} | {r['s_per_step']} | {r['steps_per_s']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
