@@ -514,7 +514,7 @@ def _torch_state(params: dict, config: StormConfig, layout: str) -> dict[str, An
             raise ValueError(f"the model's {role} parameters are missing")
         host = jax.tree_util.tree_map(np.asarray, params[role])
         for k, v in to_torch(host, net, prefix=prefix).items():
-            out[k] = torch.from_numpy(np.ascontiguousarray(v))
+            out[k] = torch.from_numpy(np.array(v, copy=True, order="C"))
     return out
 
 

@@ -122,7 +122,7 @@ def param_shapes(config: StormConfig | str, *, dtype=jnp.float32) -> dict:
     presets are cheap (used for parameter counts and for restoring checkpoints)."""
     if isinstance(config, str):
         config = storm_config(config)
-    F = config.spec.n_freqs
+    F = config.backbone.image_size  # attention placement is checked against the frequency size
     m = 2 ** (len(config.backbone.ch_mult) - 1)
     cdt = jnp.result_type(dtype, jnp.complex64)
     out: dict = {"predictor": None, "score": None}
