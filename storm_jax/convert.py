@@ -34,6 +34,7 @@ torch is an optional dependency (``pip install 'storm-jax[torch]'``), imported l
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pickle
@@ -86,7 +87,7 @@ STAND_IN_GLOBALS = (
     "lightning.fabric.utilities.data.AttributeDict",
 )
 """Globals a reference checkpoint may name; each is mapped to an inert stand-in (a class that
-stores nothing and runs nothing; ``AttributeDict`` becomes a plain ``dict`` subclass)."""
+stores nothing and runs nothing; ``AttributeDict`` becomes an ``OrderedDict``)."""
 
 _PREFIXES = {"predictor": "denoiser_net.", "score": "score_net."}
 _DNN = "dnn."
@@ -126,13 +127,10 @@ class _StandIn:
         return f"<stand-in for {self.qualified_name}>"
 
 
-class _AttributeDict(dict):
-    """Stand-in for Lightning's ``AttributeDict`` (a ``dict`` subclass)."""
-
-
 def _stand_in(name: str):
     if name.endswith(".AttributeDict"):
-        return _AttributeDict
+        # a dict subclass; weights_only fills only exact dict types, so it becomes an OrderedDict
+        return collections.OrderedDict
     short = name.rsplit(".", 1)[1]
     return type(short, (_StandIn,), {"qualified_name": name, "__module__": __name__})
 

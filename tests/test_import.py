@@ -459,3 +459,40 @@ def test_cli_import_and_export(tmp_path, capsys):
     capsys.readouterr()
     assert main(["import-ckpt", str(tmp_path / "nope.ckpt"), str(tmp_path / "x")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+def test_stand_ins_for_pickled_reference_classes(tmp_path, monkeypatch):
+    """Reference classes pickled by name (a class object as in ``data_module_cls``, an instance with
+    state, Lightning's ``AttributeDict``) load as inert stand-ins; other names only with ``allow``."""
+    import types
+
+    mods = {n: types.ModuleType(n) for n in ("sgmse", "sgmse.data_module", "pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing", "mypkg")}
+
+    class SpecsDataModule:
+        def __init__(self):
+            self.window = torch.ones(3)
+
+    class AttributeDict(dict):
+        pass
+
+    class Config:
+        pass
+
+    for cls, mod in ((SpecsDataModule, "sgmse.data_module"), (AttributeDict, "pytorch_lightning.utilities.parsing"), (Config, "mypkg")):
+        cls.__module__, cls.__qualname__ = mod, cls.__name__
+        setattr(mods[mod], cls.__name__, cls)
+    for n, m in mods.items():
+        monkeypatch.setitem(sys.modules, n, m)
+    hp = AttributeDict(backbone="ncsnpp", data_module_cls=SpecsDataModule, data=SpecsDataModule())
+    torch.save({"state_dict": {}, "hyper_parameters": hp}, tmp_path / "a.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"c": Config()}}, tmp_path / "b.ckpt")
+    for n in mods:
+        monkeypatch.delitem(sys.modules, n)  # loading must not need (or import) the reference
+    ck = _torch_load(tmp_path / "a.ckpt")
+    hp = ck["hyper_parameters"]
+    assert hp["backbone"] == "ncsnpp" and repr(hp["data"]) == "<stand-in for sgmse.data_module.SpecsDataModule>"
+    assert not hasattr(hp["data"], "window") and hp["data_module_cls"].qualified_name == "sgmse.data_module.SpecsDataModule"
+    with pytest.raises(UnsafeCheckpointError, match=r"b\.ckpt: refused to load: its pickle references mypkg\.Config"):
+        _torch_load(tmp_path / "b.ckpt")
+    assert "mypkg" not in sys.modules
+    assert type(_torch_load(tmp_path / "b.ckpt", allow=["mypkg.Config"])["hyper_parameters"]["c"]).__name__ == "Config"
