@@ -223,6 +223,12 @@ def _backbone(name: Any, hp: Mapping[str, Any], where: str) -> NCSNppConfig:
         raise ValueError(f"{where}: backbone settings not supported: {err}") from None
 
 
+def _get(hp: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``hp[key]``, or ``default`` when absent or ``None`` (an argparse option left unset)."""
+    value = hp.get(key)
+    return default if value is None else value
+
+
 def config_from_hparams(hp: Mapping[str, Any], layout: str, where: str = "checkpoint", dnn_role: str | None = None) -> StormConfig:
     """The :class:`StormConfig` a reference checkpoint's ``hyper_parameters`` describe.
 
@@ -241,16 +247,16 @@ def config_from_hparams(hp: Mapping[str, Any], layout: str, where: str = "checkp
         raise ValueError(f"{where}: time-domain models (return_time=True) are not supported")
     try:
         sde = OUVE(
-            theta=float(hp.get("theta", 1.5)),
-            sigma_min=float(hp.get("sigma_min", 0.05)),
-            sigma_max=float(hp.get("sigma_max", 0.5)),
-            t_eps=float(hp.get("t_eps", 0.03)),
+            theta=float(_get(hp, "theta", 1.5)),
+            sigma_min=float(_get(hp, "sigma_min", 0.05)),
+            sigma_max=float(_get(hp, "sigma_max", 0.5)),
+            t_eps=float(_get(hp, "t_eps", 0.03)),
         )
         spec = SpecConfig(
-            n_fft=int(hp.get("n_fft", 510)),
-            hop=int(hp.get("hop_length", 128)),
-            alpha=float(hp.get("spec_abs_exponent", 0.5)),
-            beta=float(hp.get("spec_factor", 0.15)),
+            n_fft=int(_get(hp, "n_fft", 510)),
+            hop=int(_get(hp, "hop_length", 128)),
+            alpha=float(_get(hp, "spec_abs_exponent", 0.5)),
+            beta=float(_get(hp, "spec_factor", 0.15)),
         )
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None

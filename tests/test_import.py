@@ -25,8 +25,9 @@ code; torch 2.13.0+cpu, torch_ema 0.3, one thread; see that file's docstring for
   seeds (:func:`_inputs`, :func:`_draw_sequence`, same code as the generator), the noise
   replayed into the reference by replacing ``torch.randn_like``.
 
-Measured max relative errors (max|ours − ref| / max|ref|, float32): about 1e-6 for every output
-(bound asserted: 1e-4). To keep the file fast the networks are compiled once per shape (XLA
+Measured max relative errors (max|ours − ref| / max|ref|, float32; bound asserted 1e-4): ncsnpp
+predictor 1.1e-6, score 1.0e-6, sampler 8.3e-7 (no corrector) and 8.0e-7 (ALD), enhance 1.6e-6;
+ncsnpplarge score 7.6e-7, sampler 5.9e-7, predictor 9.8e-7. To keep the file fast the networks are compiled once per shape (XLA
 optimisation level 0) and the samplers run their ``lax.scan`` as a Python loop around them.
 """
 
