@@ -136,6 +136,13 @@ class BrownianPath(eqx.Module):
         with jax.threefry_partitionable(_THREEFRY_PARTITIONABLE):
             return self.tree.evaluate(u0, u1, use_levy=use_levy)
 
+    def to_draws(self, config: SamplerConfig, sde: OUVE = OUVE(), dtype=None, shape=None) -> Draws:
+        """The discrete samplers' :class:`~storm_jax.sampling.Draws` on ``config``'s grid
+        (:func:`draws_from_path`); ``shape``, if given, must be the path's state shape."""
+        if shape is not None and tuple(shape) != tuple(self.shape):
+            raise ValueError(f"the Brownian path has state shape {self.shape} but C has shape {tuple(shape)}")
+        return draws_from_path(self, config, sde, dtype)
+
     def prior_complex(self) -> Array:
         """``prior[0] + i·prior[1]`` (each part N(0, 1); scale by κ for a convention)."""
         return jax.lax.complex(self.prior[0], self.prior[1])

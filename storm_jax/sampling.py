@@ -187,17 +187,13 @@ def reverse_step(
 
 
 def _path_draws(draws, sde: OUVE, config: SamplerConfig, C: Array):
-    """A :class:`~storm_jax.continuous.BrownianPath` becomes the :class:`Draws` of its increments
-    on ``config``'s grid (:func:`~storm_jax.continuous.draws_from_path`); anything else passes."""
-    if isinstance(draws, Draws):
+    """A noise source with a ``to_draws(config, sde, dtype, shape)`` method (a
+    :class:`~storm_jax.continuous.BrownianPath`) becomes the :class:`Draws` of its increments on
+    ``config``'s grid; anything else passes. (Duck-typed so that sampling does not depend on the
+    continuous-time module, which builds on it.)"""
+    if isinstance(draws, Draws) or not hasattr(draws, "to_draws"):
         return draws
-    from .continuous import BrownianPath, draws_from_path  # local import: diffrax is heavy
-
-    if isinstance(draws, BrownianPath):
-        if tuple(draws.shape) != tuple(C.shape):
-            raise ValueError(f"the Brownian path has state shape {draws.shape} but C has shape {tuple(C.shape)}")
-        return draws_from_path(draws, config, sde, C.dtype)
-    return draws
+    return draws.to_draws(config, sde, C.dtype, tuple(C.shape))
 
 
 def sample_with_score(
