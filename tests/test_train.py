@@ -23,6 +23,7 @@ from storm_jax.model import StormModel, init_storm, predictor, score, storm_conf
 from storm_jax.sampling import complex_normal
 from storm_jax.train import (
     CheckpointMismatch,
+    StepSpec,
     TrainConfig,
     TrainingDiverged,
     ema_init,
@@ -110,6 +111,17 @@ def test_predictor_only_loss():
     loss, _ = storm_loss(model.params, mcfg, "predictor-only", 0.5, X, Y, jax.random.key(0))
     C = np.asarray(predictor(model, Y))
     np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(C - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-5)
+
+
+def test_freeze_predictor_step_leaves_the_predictor_unchanged():
+    cfg = dataclasses.replace(CFG, mode="freeze-predictor")
+    state = init_train_state(cfg)
+    r = np.random.default_rng(2)
+    clean = jnp.asarray(0.3 * r.standard_normal((2, 31 * HOP)), jnp.float32)
+    new, parts = train_step(StepSpec.of(cfg), state, clean, clean + 0.05)
+    assert np.isfinite(float(parts["loss"])) and float(parts["loss_predictor"]) > 0  # L_pred is in L, without gradient
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, new.params)
+    assert all(jax.tree_util.tree_leaves(same["predictor"])) and not all(jax.tree_util.tree_leaves(same["score"]))
 
 
 def test_reference_mode_names_and_bad_config():
