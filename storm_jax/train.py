@@ -115,6 +115,12 @@ class TrainConfig:
         m: the fixed training amplitude M* (``y = s + M*·n``; 1 for the embedded corpus).
         seed: seed of the parameters, the PRNG stream and the batch order.
         steps: total optimiser steps of the run (may be raised when resuming).
+        predictor_steps: with ``mode="freeze-predictor"``, the first ``predictor_steps`` steps
+            train the predictor alone with the ``predictor-only`` loss (reference
+            ``denoiser-only``), the rest train the score network with that predictor frozen
+            (reference ``regen-freeze-denoiser`` loading the pretrained denoiser) — the
+            reference's two-stage recipe in one run. 0: the predictor stays at its
+            initialisation.
         log_every: steps between JSON-lines log records.
         ckpt_every: steps between checkpoints (and one at the end).
         keep: checkpoints kept.
@@ -135,6 +141,7 @@ class TrainConfig:
     m: float = 1.0
     seed: int = 0
     steps: int = 1000
+    predictor_steps: int = 0
     log_every: int = 10
     ckpt_every: int = 100
     keep: int = 2
@@ -165,6 +172,10 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, (int, np.integer)) and v % mult:
                 problems.append(f"{name}={v} must be a multiple of {mult} (2^(len(ch_mult)-1) for ch_mult={self.model.backbone.ch_mult})")
+        if self.predictor_steps and mode != "freeze-predictor":
+            problems.append(f"predictor_steps={self.predictor_steps} needs mode='freeze-predictor'")
+        if not isinstance(self.predictor_steps, (int, np.integer)) or self.predictor_steps < 0:
+            problems.append(f"predictor_steps must be an integer >= 0, got {self.predictor_steps!r}")
         if not (math.isfinite(self.m) and self.m >= 0):
             problems.append(f"m must be finite and >= 0, got {self.m}")
         if problems:
@@ -284,7 +295,9 @@ class TrainState:
     Attributes:
         step: optimiser steps done.
         params: ``{"predictor": …, "score": …}`` (``None`` for an absent network).
-        opt_state: optax Adam state.
+        opt_state: ``{"predictor": Adam state, "score": Adam state}`` — one optimiser per network,
+            each advanced only on the steps that train it (as ``torch.optim.Adam``, which keeps a
+            step count per parameter and skips parameters without gradient).
         ema: :func:`ema_init` state.
         key: the run's base PRNG key data (``uint32[2]``); step k uses ``fold_in(key, k)``.
     """
@@ -302,12 +315,18 @@ def _optimizer(config) -> optax.GradientTransformation:
 
 
 def init_train_state(config: TrainConfig) -> TrainState:
-    """Fresh state: parameters from ``init_storm(model_config_for(config), fold_in(key(seed), −1…))``."""
+    """Fresh state: parameters from ``init_storm(model_config_for(config), fold_in(key(seed), 2³¹ − 1))``."""
     base = jax.random.key(config.seed)
     model = init_storm(model_config_for(config), jax.random.fold_in(base, 2**31 - 1))
     params = model.params
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=_optimizer(config).init(params),
+    opt = _optimizer(config)
+    opt_state = {k: (opt.init(v) if v is not None else None) for k, v in params.items()}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       ema=ema_init(params), key=jax.random.key_data(base))
+
+
+_TRAINED = {"joint": ("predictor", "score"), "freeze-predictor": ("score",), "predictor-only": ("predictor",),
+            "score-only": ("score",), "predictor-stage": ("predictor",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,8 +341,13 @@ class StepSpec:
     weighting: float
 
     @classmethod
-    def of(cls, config: TrainConfig) -> "StepSpec":
-        return cls(model_config_for(config), config.mode, config.lr, config.ema_decay, config.weighting)
+    def of(cls, config: TrainConfig, step: int | None = None) -> "StepSpec":
+        """The spec of step ``step`` (0-based): in ``freeze-predictor`` mode with
+        ``predictor_steps = K``, steps ``< K`` train the predictor alone (``predictor-stage``)."""
+        mode = config.mode
+        if mode == "freeze-predictor" and step is not None and step < config.predictor_steps:
+            mode = "predictor-stage"
+        return cls(model_config_for(config), mode, config.lr, config.ema_decay, config.weighting)
 
 
 def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
@@ -331,11 +355,13 @@ def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[Train
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     X, Y = spectrograms(mcfg, clean, noisy)
     grad_fn = jax.value_and_grad(storm_loss, has_aux=True)
-    (_, parts), grads = grad_fn(state.params, mcfg, config.mode, config.weighting, X, Y, key)
-    if config.mode == "freeze-predictor":
-        grads = dict(grads, predictor=jax.tree_util.tree_map(jnp.zeros_like, grads["predictor"]))
-    updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    loss_mode = "predictor-only" if config.mode == "predictor-stage" else config.mode
+    (_, parts), grads = grad_fn(state.params, mcfg, loss_mode, config.weighting, X, Y, key)
+    opt = _optimizer(config)
+    params, opt_state = dict(state.params), dict(state.opt_state)
+    for name in _TRAINED[config.mode]:  # networks not trained in this mode keep params and optimiser state
+        updates, opt_state[name] = opt.update(grads[name], state.opt_state[name], state.params[name])
+        params[name] = optax.apply_updates(state.params[name], updates)
     ema = ema_update(state.ema, params, config.ema_decay)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), parts
 
@@ -395,9 +421,16 @@ def _manager(out: Path, keep: int):
     return ocp.CheckpointManager(out / "checkpoints", options=opts, item_names=("state", "meta"))
 
 
+def _strip(tree):
+    """Drop ``None`` entries of nested dicts (absent networks): orbax stores no empty nodes."""
+    if isinstance(tree, dict):
+        return {k: _strip(v) for k, v in tree.items() if v is not None}
+    return tree
+
+
 def _state_tree(state: TrainState) -> dict:
-    return jax.tree_util.tree_map(np.asarray, {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-                                               "ema": state.ema, "key": state.key})
+    return jax.tree_util.tree_map(np.asarray, _strip({"step": state.step, "params": state.params, "opt_state": state.opt_state,
+                                                      "ema": state.ema, "key": state.key}))
 
 
 def _save(mngr, state: TrainState, batch_state: BatchState, extra: dict) -> None:
@@ -417,8 +450,8 @@ def _restore(mngr, step: int, template: TrainState) -> tuple[TrainState, dict]:
     tree = jax.tree_util.tree_map(jnp.asarray, got["state"])
     # Restore into the template's exact pytree structure (namedtuples of the optax state).
     leaves = jax.tree_util.tree_leaves(tree)
-    tdef = jax.tree_util.tree_structure(_state_tree(template))
-    t = jax.tree_util.tree_unflatten(tdef, leaves)
+    full = {"step": template.step, "params": template.params, "opt_state": template.opt_state, "ema": template.ema, "key": template.key}
+    t = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(full), leaves)
     state = TrainState(step=t["step"], params=t["params"], opt_state=t["opt_state"], ema=t["ema"], key=t["key"])
     return state, dict(got["meta"])
 
@@ -562,7 +595,7 @@ def train(
     log = _Log(out / "log.jsonl", latest if latest is not None else 0)
 
     it = BatchIterator(train_ds, bc, batch_state)
-    spec = StepSpec.of(config)
+    spec_first, spec_main = StepSpec.of(config, 0), StepSpec.of(config)
     start = int(state.step)
     last_good = latest
     total = config.steps
@@ -575,6 +608,7 @@ def train(
         while int(state.step) < end:
             pos = it.state
             batch = next(it)
+            spec = spec_first if int(state.step) < config.predictor_steps else spec_main
             new_state, parts = train_step(spec, state, jnp.asarray(batch.clean), jnp.asarray(batch.noisy))
             parts = {k: float(v) for k, v in parts.items()}
             step = int(new_state.step)

@@ -20,7 +20,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         model=storm_config(args.preset, **overrides), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
         weighting=args.weighting, batch_size=args.batch_size, frames=args.frames, m=args.m, seed=args.seed,
-        steps=args.steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
+        steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
     )
     data = "embedded" if args.data == "embedded" else args.data
@@ -78,6 +78,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", default="embedded", help="'embedded' or a dataset folder")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl); an existing run is resumed")
     t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--predictor-steps", type=int, default=0,
+                   help="freeze-predictor mode: train the predictor alone for this many steps first (two-stage recipe)")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--ema-decay", type=float, default=0.999)
     t.add_argument("--weighting", type=float, default=0.5)
