@@ -40,7 +40,7 @@ from storm_jax.train import (
 # A backbone even smaller than `tiny` so that compiling a training step takes seconds.
 _BASE = storm_config("tiny")
 MODEL = dataclasses.replace(_BASE, backbone=dataclasses.replace(_BASE.backbone, nf=8, ch_mult=(1, 2), num_res_blocks=1))
-CFG = TrainConfig(model=MODEL, batch_size=2, frames=32, steps=4, log_every=1, ckpt_every=2, val_every=-1, progress=False)
+CFG = TrainConfig(model=MODEL, batch_size=2, frames=32, steps=4, log_every=1, ckpt_every=2, keep=3, val_every=-1, progress=False)
 HOP = MODEL.spec.hop
 
 
@@ -131,6 +131,8 @@ def test_reference_mode_names_and_bad_config():
         TrainConfig(model=MODEL, mode="nope")
     with pytest.raises(ValueError, match="multiple of 2"):
         TrainConfig(model=MODEL, frames=33)
+    with pytest.raises(ValueError, match="predictor_steps=5 needs mode='freeze-predictor'"):
+        TrainConfig(model=MODEL, predictor_steps=5)
     with pytest.raises(ValueError, match="lr must be"):
         TrainConfig(model=MODEL, lr=float("nan"))
 
@@ -161,7 +163,8 @@ def _kill_at(step):
 
 
 def test_resume_equals_uninterrupted_bit_identical(tmp_path, dataset):
-    cfg = CFG  # 4 steps, checkpoints every 2
+    # the two-stage recipe: steps 1-2 train the predictor alone, steps 3-4 the score with it frozen
+    cfg = dataclasses.replace(CFG, mode="freeze-predictor", predictor_steps=2)  # 4 steps, checkpoints every 2
     full = train(cfg, tmp_path / "a", dataset)
     assert full["step"] == 4 and all(np.isfinite(full["losses"]))
     # killed after step 3 (checkpoint at 2): resumption replays step 3 onwards
@@ -176,6 +179,10 @@ def test_resume_equals_uninterrupted_bit_identical(tmp_path, dataset):
                     jax.tree_util.tree_leaves((sb.params, sb.ema, sb.opt_state, sb.key))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert ma["batch_state"] == mb["batch_state"]
+    _, s2, _ = load_training_checkpoint(tmp_path / "b", 2)
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    assert same(s2.params["predictor"], sb.params["predictor"]) and not same(s2.params["score"], sb.params["score"])
+    assert int(sb.opt_state["predictor"][0].count) == 2 and int(sb.opt_state["score"][0].count) == 2
     log = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]  # the replayed step is logged once
     # the export holds the EMA weights
