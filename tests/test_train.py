@@ -230,11 +230,11 @@ def _wav(path: Path, x, rate=16000):
     sf.write(str(path), np.asarray(x, np.float32), rate, subtype="FLOAT")
 
 
-def _folder(root: Path, names=("a", "b", "c"), n=6000):
+def _folder(root: Path, names=("a", "b", "c"), n=6000, split="train"):
     clean, noise = _signals(len(names), n)
     for name, c, z in zip(names, clean, noise):
-        _wav(root / "train" / "clean" / f"{name}.wav", c)
-        _wav(root / "train" / "noisy" / f"{name}.wav", c + z)
+        _wav(root / split / "clean" / f"{name}.wav", c)
+        _wav(root / split / "noisy" / f"{name}.wav", c + z)
     return root
 
 
@@ -297,3 +297,15 @@ def test_shipped_model_loads_and_enhances():
     from storm_jax.checkpoints import resolve_model
 
     assert resolve_model(None).config == model.config
+
+
+def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
+    if storm_jax.pretrained_path() is None:
+        pytest.skip("no pretrained model shipped in this checkout")
+    from storm_jax.cli import main
+
+    root = _folder(tmp_path / "data", names=("a",), n=16000, split="test")
+    assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert set(table) == {"noisy", "predictor", "storm"}
+    assert all(set(v) == {"si_sdr", "pesq", "estoi"} and all(np.isfinite(list(v.values()))) for v in table.values())
