@@ -30,7 +30,7 @@ DELTA = 1e-5  # central-difference step (float64)
 def random_model(cfg, seed=0, dtype=jnp.float32):
     """A StoRM model with the parameter tree of ``init_storm(cfg)`` and random weights
     (uniform, variance 1/fan_in for kernels; GroupNorm scales 1; small biases)."""
-    shapes = jax.eval_shape(lambda k: sj.init_storm(cfg, k), jax.random.key(0))
+    shapes = sj.StormModel(config=cfg, params=sj.param_shapes(cfg))  # abstract: nothing compiled
     rng = np.random.default_rng(seed)
 
     def fill(path, s):

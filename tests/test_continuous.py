@@ -401,9 +401,8 @@ TINY_SHAPE = (256, 4)
 def _tiny_model(seed: int):
     """The ``tiny`` preset's networks (architecture and parameter tree from ``init_storm``) with
     random weights drawn here: fan-in scaled normals for kernels and weights, zero biases, unit
-    GroupNorm scales. ``init_storm``'s eager Flax initialisation of the same tree takes about a
-    minute on a 2-core CPU; ``eval_shape`` of it takes about a second."""
-    abstract = jax.eval_shape(lambda k: sj.init_storm("tiny", k), jax.random.key(0))
+    GroupNorm scales (the tree from :func:`storm_jax.param_shapes`, without compiling anything)."""
+    abstract = sj.StormModel(config=sj.storm_config("tiny"), params=sj.param_shapes("tiny"))
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract.params)
     rng = np.random.default_rng(seed)  # NumPy: no per-shape compilation of random kernels
 
