@@ -604,6 +604,7 @@ def train(
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not config.progress, dynamic_ncols=True)
     t0, n_timed = time.perf_counter(), 0
     val = None
+    synced = it.state  # the data position that belongs to `state` (a step may be cut off mid-way)
     try:
         while int(state.step) < end:
             pos = it.state
@@ -616,7 +617,7 @@ def train(
                 log.write({"step": step, "event": "diverged", **{k: repr(v) for k, v in parts.items()}})
                 raise TrainingDiverged(f"non-finite loss at step {step} ({parts}); stopped. "
                                        f"The last good checkpoint is {'step ' + str(last_good) if last_good is not None else 'none (no checkpoint was saved yet)'} in {out / 'checkpoints'}")
-            state = new_state
+            state, synced = new_state, it.state
             history.append(parts["loss"])
             if n_timed == 0:  # the first step of a call includes compilation: time from its end
                 t0 = time.perf_counter()
@@ -637,7 +638,11 @@ def train(
                 bar.write(f"step {step}: valid " + ", ".join(f"{s} " + " ".join(f"{k}={v:.3f}" for k, v in m.items()) for s, m in val.items()))
     except KeyboardInterrupt:
         if last_good != int(state.step) and int(state.step) > 0:
-            _save(mngr, state, it.state, {"interrupted": True})
+            _save(mngr, state, synced, {"interrupted": True})
+            last_good = int(state.step)
+        bar.close()
+        saved = f"checkpoint {last_good} in {out / 'checkpoints'}" if last_good is not None else "no checkpoint yet"
+        bar.write(f"interrupted at step {int(state.step)}; {saved}: run the same command to resume")
         raise
     finally:
         bar.close()

@@ -32,6 +32,8 @@ def cmd_train(args) -> int:
     except TrainingDiverged as err:
         print(f"storm-jax train: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        return 130  # train() saved a checkpoint and said how to resume
     losses = summary["losses"]
     if losses:
         print(f"trained to step {summary['step']} in {args.out}; last loss {losses[-1]:.5g}")

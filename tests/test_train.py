@@ -192,6 +192,27 @@ def test_resume_equals_uninterrupted_bit_identical(tmp_path, dataset):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_ctrl_c_mid_step_saves_a_consistent_checkpoint(tmp_path, dataset, monkeypatch):
+    """Ctrl-C while step 4 is being computed (its batch already drawn): the checkpoint holds
+    step 3 with the data position *before* that batch, so resuming replays it exactly."""
+    full = train(CFG, tmp_path / "a", dataset)
+    real = train_mod.train_step
+
+    def interrupted(config, state, clean, noisy):
+        if int(state.step) == 3:
+            raise KeyboardInterrupt
+        return real(config, state, clean, noisy)
+
+    monkeypatch.setattr(train_mod, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(CFG, tmp_path / "b", dataset)
+    _, state, meta = load_training_checkpoint(tmp_path / "b")
+    assert int(state.step) == 3 and meta.get("interrupted")
+    monkeypatch.setattr(train_mod, "train_step", real)
+    rest = train(CFG, tmp_path / "b", dataset)
+    assert rest["losses"] == full["losses"][3:]
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, dataset, monkeypatch):
     real = train_mod.train_step
 
