@@ -27,7 +27,7 @@ from .model import StormConfig, StormModel, init_storm, param_shapes
 from .nn import NCSNppConfig, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["config_to_dict", "config_from_dict", "save_model", "load_model", "resolve_model", "pretrained_path", "PRETRAINED_DIR", "DEFAULT_PRETRAINED"]
+__all__ = ["config_to_dict", "config_from_dict", "save_model", "load_model", "resolve_model", "default_model_spec", "pretrained_path", "PRETRAINED_DIR", "DEFAULT_PRETRAINED"]
 
 _FORMAT = "storm-jax/model/1"
 
@@ -139,12 +139,17 @@ def load_model(path: str | os.PathLike | None = None, dtype=jnp.float32) -> Stor
     return StormModel(config=cfg, params=params).astype(dtype)
 
 
+def default_model_spec() -> str:
+    """The spec used when none is given: the shipped model if installed, else ``preset:tiny``."""
+    return "pretrained" if pretrained_path() is not None else "preset:tiny"
+
+
 def resolve_model(spec: str | None, key=None) -> StormModel:
     """A model from a CLI-style spec: a model directory, ``pretrained[:NAME]`` (a shipped model),
     or ``preset:NAME`` (random weights, for testing the plumbing). ``None`` means the shipped
     pretrained model when it is installed, else ``preset:tiny``."""
     if spec is None:
-        spec = "pretrained" if pretrained_path() is not None else "preset:tiny"
+        spec = default_model_spec()
     if spec == "pretrained" or spec.startswith("pretrained:"):
         name = spec.split(":", 1)[1] if ":" in spec else DEFAULT_PRETRAINED
         path = pretrained_path(name)

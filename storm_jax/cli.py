@@ -109,13 +109,14 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from .audio_io import write_audio
-    from .checkpoints import resolve_model
+    from .checkpoints import default_model_spec, resolve_model
     from .demo import synthetic_example
     from .metrics import si_sdr
     from .pipeline import EnhanceConfig, enhance
     from .sampling import SamplerConfig
 
-    model = resolve_model(args.checkpoint)
+    spec = args.checkpoint or default_model_spec()
+    model = resolve_model(spec)
     rate = model.config.spec.sample_rate
     clean, noise = synthetic_example(jax.random.key(args.seed), seconds=args.seconds, rate=rate)
     noisy = clean + noise
@@ -126,9 +127,6 @@ def cmd_demo(args) -> int:
     out = Path(args.output)
     for name, x in (("clean", clean), ("noisy", noisy), ("enhanced", enhanced)):
         write_audio(out / f"{name}.wav", np.asarray(x), rate)
-    from .checkpoints import pretrained_path
-
-    spec = args.checkpoint or ("pretrained" if pretrained_path() is not None else "preset:tiny")
     print(f"model: {spec} ({'random weights' if spec.startswith('preset:') else 'trained'})")
     print(f"enhanced {args.seconds:.1f} s of audio with N={args.steps} steps in {wall:.1f} s (including compilation)")
     print(f"SI-SDR noisy    {float(si_sdr(noisy, clean)):7.2f} dB")
