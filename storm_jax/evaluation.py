@@ -36,13 +36,19 @@ def _systems(model: StormModel) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _outputs(model: StormModel, y: np.ndarray, key, steps: int, systems) -> dict[str, np.ndarray]:
+def _outputs(model: StormModel, y: np.ndarray, key, sampler: SamplerConfig, systems) -> dict[str, np.ndarray]:
     res = {"noisy": np.asarray(y)}
     if "predictor" in systems:
         res["predictor"] = enhance(model, y, key, config=EnhanceConfig(predictor_only=True))
     if "storm" in systems:
-        res["storm"] = enhance(model, y, key, config=EnhanceConfig(sampler=SamplerConfig(steps=steps)))
+        res["storm"] = enhance(model, y, key, config=EnhanceConfig(sampler=sampler))
     return res
+
+
+def _sampler(steps: int, sampler: SamplerConfig | None) -> SamplerConfig:
+    if sampler is None:
+        return SamplerConfig(steps=steps)
+    return sampler
 
 
 def summarize(per_utt: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
@@ -50,13 +56,15 @@ def summarize(per_utt: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, 
     return {s: {k: float(np.mean(v)) for k, v in m.items()} for s, m in per_utt.items()}
 
 
-def evaluate_crops(model: StormModel, dataset: PairDataset, batch: BatchConfig, steps: int = 30, key=None) -> dict:
+def evaluate_crops(model: StormModel, dataset: PairDataset, batch: BatchConfig, steps: int = 30, key=None,
+                   sampler: SamplerConfig | None = None) -> dict:
     """Mean metrics over the first batch of ``epoch_batches(dataset, batch)`` (fixed-length crops;
-    used for validation during training, one compilation per system)."""
+    used for validation during training, one compilation per system). ``sampler`` (default
+    ``SamplerConfig(steps=steps)``) sets the reverse process of the StoRM system."""
     key = jax.random.key(0) if key is None else key
     b = next(iter(epoch_batches(dataset, batch)))
     systems = _systems(model)
-    outs = _outputs(model, b.noisy, key, steps, systems)
+    outs = _outputs(model, b.noisy, key, _sampler(steps, sampler), systems)
     per = {s: {k: v for k, v in enhancement_metrics(outs[s], b.clean, rate=model.config.spec.sample_rate).items()} for s in systems}
     return summarize(per)
 
@@ -69,10 +77,13 @@ def _bucket(n: int, hop: int) -> int:
 
 
 def evaluate_dataset(model: StormModel, dataset: PairDataset, m: float = 1.0, limit: int | None = None, steps: int = 30,
-                     seed: int = 0, progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
+                     seed: int = 0, progress: bool = False, sampler: SamplerConfig | None = None,
+                     ) -> dict[str, dict[str, np.ndarray]]:
     """Per-utterance metrics ``{system: {si_sdr, pesq, estoi}}`` (arrays of length K) of the first
     ``limit`` utterances of ``dataset`` mixed at amplitude ``m``; utterance ``i`` uses the key
-    ``fold_in(key(seed), i)`` for the reverse process."""
+    ``fold_in(key(seed), i)`` for the reverse process. ``sampler`` (default
+    ``SamplerConfig(steps=steps)``, the reference ``enhance()`` setting) sets the reverse process,
+    e.g. ``SamplerConfig(steps=50, corrector="ald")`` for the reference ``enhancement.py``."""
     from tqdm import tqdm
 
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
@@ -81,13 +92,14 @@ def evaluate_dataset(model: StormModel, dataset: PairDataset, m: float = 1.0, li
     systems = _systems(model)
     rate = model.config.spec.sample_rate
     hop = model.config.spec.hop
+    sampler = _sampler(steps, sampler)
     per: dict[str, dict[str, list]] = {s: {"si_sdr": [], "pesq": [], "estoi": []} for s in systems}
     for i in tqdm(range(n), desc="evaluate", unit="utt", disable=not progress):
         u = dataset[i]
         y = u.noisy(m).astype(np.float32)
         L = y.size
         yp = np.pad(y, (0, _bucket(L, hop) - L))
-        outs = _outputs(model, yp, jax.random.fold_in(jax.random.key(seed), i), steps, systems)
+        outs = _outputs(model, yp, jax.random.fold_in(jax.random.key(seed), i), sampler, systems)
         for s in systems:
             est = outs[s][:L] if s != "noisy" else y
             met = enhancement_metrics(est, u.clean, rate=rate)

@@ -129,6 +129,12 @@ class TrainConfig:
         val_frames: frames of each validation crop.
         val_steps: reverse steps N of the validation sampler.
         progress: show a tqdm progress bar.
+        init_from: start from the weights of a model directory (``storm-jax export``,
+            ``storm-jax import-ckpt``, ``pretrained[:NAME]``) instead of a fresh initialisation —
+            fine-tuning (e.g. a lower learning rate after a plateau, or a published checkpoint on
+            new data). Networks the model directory lacks start fresh; the EMA starts at the
+            loaded weights and the optimiser state is new. The run's fingerprint records a digest
+            of the loaded weights, so a changed model directory is not resumed silently.
     """
 
     model: StormConfig = dataclasses.field(default_factory=lambda: storm_config("tiny"))
@@ -150,6 +156,7 @@ class TrainConfig:
     val_frames: int = 256
     val_steps: int = 30
     progress: bool = True
+    init_from: str | None = None
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -315,10 +322,14 @@ def _optimizer(config) -> optax.GradientTransformation:
 
 
 def init_train_state(config: TrainConfig) -> TrainState:
-    """Fresh state: parameters from ``init_storm(model_config_for(config), fold_in(key(seed), 2³¹ − 1))``."""
+    """Fresh state: parameters from ``init_storm(model_config_for(config), fold_in(key(seed), 2³¹ − 1))``,
+    replaced network by network by those of ``config.init_from`` when it is set."""
     base = jax.random.key(config.seed)
     model = init_storm(model_config_for(config), jax.random.fold_in(base, 2**31 - 1))
     params = model.params
+    if config.init_from is not None:
+        loaded = _load_init(config)
+        params = {k: (loaded[k] if loaded.get(k) is not None and v is not None else v) for k, v in params.items()}
     opt = _optimizer(config)
     opt_state = {k: (opt.init(v) if v is not None else None) for k, v in params.items()}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
@@ -374,11 +385,49 @@ on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(stat
 # ------------------------------------------------------------------------------ checkpoints
 
 
-def _fingerprint_dict(config: TrainConfig, data_fp: str) -> dict:
+def _load_init(config: TrainConfig) -> dict:
+    """The parameters of ``config.init_from``, checked against the run's model configuration
+    (backbone, SDE, front end and condition must agree; a network may be missing)."""
+    from .checkpoints import config_to_dict, resolve_model
+
+    spec = config.init_from
+    if spec.startswith("preset:"):
+        raise ValueError(f"init_from={spec!r}: give a model directory or pretrained[:NAME] (a preset has no trained weights)")
+    try:
+        model = resolve_model(spec)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"init_from: {err}") from None
+    want, got = config_to_dict(model_config_for(config)), config_to_dict(model.config)
+    for k in ("has_predictor", "has_score"):
+        want.pop(k, None), got.pop(k, None)
+    diff = _diff(got, want)
+    if diff:
+        raise ValueError(f"init_from={spec}: the model's configuration differs from the run's:\n  " + "\n  ".join(diff))
+    trained = _TRAINED[config.mode] if config.mode != "freeze-predictor" else ("predictor", "score")
+    if not any(model.params.get(k) is not None for k in trained):
+        raise ValueError(f"init_from={spec}: the model has none of the networks this mode uses ({', '.join(trained)})")
+    return model.params
+
+
+def _params_digest(params: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint_dict(config: TrainConfig, data_fp: str, init_digest: str | None = None) -> dict:
     d = config.to_dict()
     for k in _RESUMABLE_FIELDS:
         d.pop(k, None)
     d["data"] = data_fp
+    if d.get("init_from") is None:
+        d.pop("init_from", None)  # runs from a fresh initialisation keep their old fingerprint
+    else:
+        d["init_params"] = init_digest
     return d
 
 
@@ -467,7 +516,8 @@ def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) ->
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{out}: no checkpoint saved yet")
-    state, meta = _restore(mngr, step, init_train_state(config))
+    # The template only gives the structure: never reload ``init_from`` (it may have moved).
+    state, meta = _restore(mngr, step, init_train_state(dataclasses.replace(config, init_from=None)))
     mngr.close()
     return config, state, meta
 
@@ -571,8 +621,10 @@ def train(
     if valid_ds is not None:
         vbc = _valid_batch_config(config, len(valid_ds))
         _check_impossible(valid_ds, dataclasses.replace(vbc, batch_size=1), "validation data")
+    state = init_train_state(config)  # loads and checks init_from before anything is written
     _check_writable(out)
-    fp = _fingerprint_dict(config, data_fingerprint(train_ds, bc))
+    fp = _fingerprint_dict(config, data_fingerprint(train_ds, bc),
+                           _params_digest(state.params) if config.init_from is not None else None)
 
     fp_file = out / "fingerprint.json"
     mngr = None
@@ -583,7 +635,6 @@ def train(
             raise CheckpointMismatch(f"{out} holds checkpoints of a different run; refusing to resume. Differences:\n  "
                                      + "\n  ".join(diff) + "\nUse another --out directory (or delete this one).")
     mngr = _manager(out, config.keep)
-    state = init_train_state(config)
     batch_state = BatchState()
     latest = mngr.latest_step()
     if latest is not None:

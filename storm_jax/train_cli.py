@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 __all__ = ["add_commands"]
 
@@ -17,11 +18,15 @@ def cmd_train(args) -> int:
     overrides = {}
     if args.condition:
         overrides["condition"] = args.condition
+    init_from = args.init_from
+    if init_from is not None and not (init_from == "pretrained" or init_from.startswith(("pretrained:", "preset:"))):
+        init_from = str(Path(init_from).absolute())
     config = TrainConfig(
         model=storm_config(args.preset, **overrides), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
         weighting=args.weighting, batch_size=args.batch_size, frames=args.frames, m=args.m, seed=args.seed,
         steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
+        init_from=init_from,
     )
     data = "embedded" if args.data == "embedded" else args.data
     try:
@@ -60,13 +65,17 @@ def cmd_evaluate(args) -> int:
 
     model = resolve_model(args.checkpoint)
     ds = embedded_corpus(args.split, progress=False) if args.data == "embedded" else folder_dataset(args.data, args.split)
-    per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, steps=args.steps, seed=args.seed, progress=not args.json)
+    from .sampling import SamplerConfig
+
+    sampler = SamplerConfig(steps=args.steps, corrector=args.corrector, corrector_steps=args.corrector_steps, snr=args.snr)
+    per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, seed=args.seed, progress=not args.json, sampler=sampler)
     summary = summarize(per)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         n = len(next(iter(next(iter(per.values())).values())))
-        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps")
+        corr = "no corrector" if args.corrector == "none" else f"{args.corrector} corrector (snr {args.snr}, {args.corrector_steps} per step)"
+        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps, {corr}")
         print(format_table(summary))
     return 0
 
@@ -96,6 +105,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-utterances", type=int, default=4)
     t.add_argument("--val-frames", type=int, default=256)
     t.add_argument("--val-steps", type=int, default=30)
+    t.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune: start from the weights of a model directory (storm-jax export / import-ckpt) or pretrained[:NAME]")
     t.add_argument("--export", default=None, help="after training, write the EMA model to this directory")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -106,6 +117,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
     e.add_argument("--limit", type=int, default=None, help="first K utterances")
     e.add_argument("--steps", type=int, default=30, help="reverse steps N")
+    e.add_argument("--corrector", default="none", choices=("none", "ald"),
+                   help="corrector of the reverse process (none: reference enhance(); ald: reference enhancement.py)")
+    e.add_argument("--corrector-steps", type=int, default=1)
+    e.add_argument("--snr", type=float, default=0.5, help="ALD step-size ratio")
     e.add_argument("--m", type=float, default=1.0, help="noise amplitude M")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print {system: {si_sdr, pesq, estoi}} as JSON")

@@ -243,6 +243,42 @@ def test_checkpoint_of_a_different_config_is_refused(tmp_path, dataset):
     assert train(dataclasses.replace(cfg, steps=1, log_every=5), tmp_path / "run", dataset)["step"] == 1
 
 
+def test_fine_tune_from_a_model_directory(tmp_path, dataset):
+    """``init_from``: the run starts at the model's weights (EMA too), a frozen predictor stays at
+    them, the fingerprint records their digest, and a changed or mismatched model is refused."""
+    train(dataclasses.replace(CFG, steps=2), tmp_path / "base", dataset)
+    src = storm_jax.export_ema_model(tmp_path / "base", tmp_path / "model")
+    loaded = storm_jax.load_model(src)
+    cfg = dataclasses.replace(CFG, mode="freeze-predictor", lr=1e-5, steps=2, init_from=str(src))
+    state = init_train_state(cfg)
+    for tree in (state.params, state.ema["params"]):
+        for x, y in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(loaded.params)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    run = train(cfg, tmp_path / "ft", dataset)
+    assert run["step"] == 2 and all(np.isfinite(run["losses"]))
+    _, st, _ = load_training_checkpoint(tmp_path / "ft")
+    for x, y in zip(jax.tree_util.tree_leaves(st.params["predictor"]), jax.tree_util.tree_leaves(loaded.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(st.params["score"]),
+                                                       jax.tree_util.tree_leaves(loaded.params["score"])))
+    fp = json.loads((tmp_path / "ft" / "fingerprint.json").read_text())
+    assert fp["init_from"] == str(src) and len(fp["init_params"]) == 16
+    # the model directory changed under the run: resuming is refused
+    train(dataclasses.replace(CFG, steps=3), tmp_path / "base", dataset)
+    storm_jax.export_ema_model(tmp_path / "base", tmp_path / "model")
+    with pytest.raises(CheckpointMismatch, match="init_params"):
+        train(dataclasses.replace(cfg, steps=3), tmp_path / "ft", dataset)
+    # a model of another architecture, a missing directory, a preset: clear errors before any step
+    other = dataclasses.replace(cfg, model=dataclasses.replace(MODEL, backbone=dataclasses.replace(MODEL.backbone, nf=4)))
+    with pytest.raises(ValueError, match=r"configuration differs(.|\n)*nf"):
+        train(other, tmp_path / "x", dataset)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(dataclasses.replace(cfg, init_from=str(tmp_path / "nowhere")), tmp_path / "y", dataset)
+    with pytest.raises(ValueError, match="preset has no trained weights"):
+        init_train_state(dataclasses.replace(cfg, init_from="preset:tiny"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 # ------------------------------------------------------------------------------- bad input
 
 
@@ -330,3 +366,9 @@ def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
     table = json.loads(capsys.readouterr().out)
     assert set(table) == {"noisy", "predictor", "storm"}
     assert all(set(v) == {"si_sdr", "pesq", "estoi"} and all(np.isfinite(list(v.values()))) for v in table.values())
+    # the reference enhancement.py sampler (ALD corrector): only the StoRM row changes
+    assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--corrector", "ald", "--json"]) == 0
+    ald = json.loads(capsys.readouterr().out)
+    for system in ("noisy", "predictor"):  # equal up to float noise of a second compilation
+        assert ald[system] == pytest.approx(table[system], rel=1e-6)
+    assert ald["storm"]["si_sdr"] != pytest.approx(table["storm"]["si_sdr"], rel=1e-4)
