@@ -43,7 +43,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -65,6 +67,7 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "CheckpointMismatch",
+    "Terminated",
     "model_config_for",
     "spectrograms",
     "storm_loss",
@@ -92,6 +95,15 @@ _RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utter
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM during :func:`train`; handled like Ctrl-C (the current state
+    is saved, then this propagates)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
 
 
 class CheckpointMismatch(ValueError):
@@ -605,6 +617,8 @@ def train(
     Every error that can be detected up front (missing/empty/corrupt dataset, mismatched
     pairs, crop longer than every file, batch larger than the dataset, unwritable ``out``, a
     checkpoint from another configuration or dataset) is raised before the first step.
+    Ctrl-C or SIGTERM at any moment saves the last completed step (with the data position that
+    belongs to it) and re-raises (:class:`Terminated` for SIGTERM), so nothing is lost.
     A non-finite loss raises :class:`TrainingDiverged` without saving the bad state (the last
     good checkpoint stays). ``stop_after`` ends the call after that many steps of this call (for
     tests of interruption); ``callback(step, losses)`` is called after every step.
@@ -656,6 +670,8 @@ def train(
     t0, n_timed = time.perf_counter(), 0
     val = None
     synced = it.state  # the data position that belongs to `state` (a step may be cut off mid-way)
+    # SIGTERM (a scheduler or `kill`) saves like Ctrl-C; handlers can only be set in the main thread.
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         while int(state.step) < end:
             pos = it.state
@@ -696,6 +712,8 @@ def train(
         bar.write(f"interrupted at step {int(state.step)}; {saved}: run the same command to resume")
         raise
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         bar.close()
         mngr.close()
     return {"step": int(state.step), "losses": history, "validation": val, "out": str(out), "last_checkpoint": last_good}

@@ -13,7 +13,7 @@ __all__ = ["add_commands"]
 
 def cmd_train(args) -> int:
     from .model import storm_config
-    from .train import TrainConfig, TrainingDiverged, export_ema_model, train
+    from .train import Terminated, TrainConfig, TrainingDiverged, export_ema_model, train
 
     overrides = {}
     if args.condition:
@@ -37,6 +37,8 @@ def cmd_train(args) -> int:
     except TrainingDiverged as err:
         print(f"storm-jax train: {err}", file=sys.stderr)
         return 3
+    except Terminated:
+        return 143  # 128 + SIGTERM; train() saved a checkpoint and said how to resume
     except KeyboardInterrupt:
         return 130  # train() saved a checkpoint and said how to resume
     losses = summary["losses"]

@@ -213,6 +213,30 @@ def test_ctrl_c_mid_step_saves_a_consistent_checkpoint(tmp_path, dataset, monkey
     assert rest["losses"] == full["losses"][3:]
 
 
+def test_sigterm_saves_the_last_step(tmp_path, dataset):
+    """SIGTERM (e.g. from a job scheduler) right after step 3 saves step 3 (no checkpoint was due)
+    and raises ``Terminated``; resuming continues bit-identically; the old handler is restored."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    full = train(CFG, tmp_path / "a", dataset)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def cb(step, parts):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(train_mod.Terminated):
+        train(CFG, tmp_path / "b", dataset, callback=cb)
+    assert signal.getsignal(signal.SIGTERM) is before
+    _, state, meta = load_training_checkpoint(tmp_path / "b")
+    assert int(state.step) == 3 and meta.get("interrupted")
+    assert train(CFG, tmp_path / "b", dataset)["losses"] == full["losses"][3:]
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, dataset, monkeypatch):
     real = train_mod.train_step
 
