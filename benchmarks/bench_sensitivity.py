@@ -7,6 +7,9 @@ Measured side by side in one run, on the same inputs and the same fixed draws:
 * ``factorize / plain``: :func:`storm_jax.factorize` with the independent total
   (``check_identity=True``: tangent lanes K·u, L·v and total) and without (K·u, L·v only)
   (target ≤ 3.0);
+* the floor: the score network alone, one call, ``jax.jvp`` against plain — the networks take
+  nearly all of the time and the tangent of a convolution is another convolution of the same
+  size, so on a compute-bound device the pipeline's ``jvp / plain`` cannot go below this;
 * peak memory of the jvp at N = 480 against N = 30 sampler steps (target ≤ 1.2): XLA's compiled
   memory analysis, split into the working memory the program needs beyond its inputs and
   outputs (``temp``), and the total with the arguments — whose explicit noise draws
@@ -73,6 +76,23 @@ def _time_interleaved(fns: dict, args, repeats: int) -> dict:
     return times
 
 
+def _network_floor(model, shape, repeats: int) -> dict:
+    """The score network alone, one evaluation on ``[1, F, T]`` inputs: plain against ``jax.jvp``
+    with tangents on all of ``(x, Y, C)``. Nearly all of the pipeline's time is spent in the
+    networks, and the tangent of a convolution is a second convolution of the same size, so this
+    ratio is the floor that ``pathwise_derivative / plain`` can reach on the device."""
+    r = np.random.default_rng(0)
+    cx = lambda: jnp.asarray((r.standard_normal((1, *shape)) + 1j * r.standard_normal((1, *shape))).astype(np.complex64))
+    x, Y, C, dx, dY, dC = (cx() for _ in range(6))
+    t = jnp.full((1,), 0.5, jnp.float32)
+    args = (model, x, Y, C, dx, dY, dC, t)
+    plain = jax.jit(lambda mdl, x, Y, C, dx, dY, dC, t: sj.score(mdl, x, t, Y, C)).lower(*args).compile()
+    jvp = jax.jit(lambda mdl, x, Y, C, dx, dY, dC, t: jax.jvp(lambda a, b, c: sj.score(mdl, a, t, b, c), (x, Y, C), (dx, dY, dC))
+                  ).lower(*args).compile()  # fmt: skip
+    times = _time_interleaved({"plain": plain, "jvp": jvp}, args, repeats)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _mem(comp) -> dict:
     ma = comp.memory_analysis()
     if ma is None:
@@ -99,6 +119,7 @@ def bench_preset(preset: str, seconds: float, steps: int, repeats: int, mem_step
     comp["factorize_2lanes"], c_f2 = _compiled(sensitivity._factorize_core, {"static": p.static, "check_identity": False}, args)
     times = _time_interleaved(comp, args, repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
+    floor = _network_floor(model, p.draws.prior.shape[-2:], repeats)
 
     # Memory: compile (not run) the jvp and the plain pipeline at N = mem_steps; the draws enter
     # as abstract shapes, so nothing of size N is allocated here.
@@ -126,7 +147,7 @@ def bench_preset(preset: str, seconds: float, steps: int, repeats: int, mem_step
             jax.block_until_ready(c(pn.model, pn.clean, pn.noise, pn.m, pn.draws, pn.norm_factor))
             peak[n] = jax.devices()[0].memory_stats().get("peak_bytes_in_use", 0)
             del pn
-    return dict(preset=preset, steps=steps, seconds=seconds, frames=p.draws.prior.shape[-1], times=times, med=med,
+    return dict(preset=preset, steps=steps, seconds=seconds, frames=p.draws.prior.shape[-1], times=times, med=med, floor=floor,
                 compile=dict(plain=c_plain, jvp=c_jvp, factorize=c_f3, factorize_2lanes=c_f2), mem=mem, peak=peak,
                 mem_steps=mem_steps)  # fmt: skip
 
@@ -174,6 +195,9 @@ def report(r: dict) -> str:
     }
     for k in ("plain", "jvp", "factorize", "factorize_2lanes"):
         lines.append(f"| {labels[k]} | {med[k]:.4f} | {med[k] / med['plain']:.2f} | {targets[k]} | {r['compile'][k]:.1f} |")
+    fl = r["floor"]
+    lines.append(f"| score network alone, one call: jvp / plain (the floor) | {fl['jvp']:.4f} / {fl['plain']:.4f} | "
+                 f"{fl['jvp'] / fl['plain']:.2f} |  |  |")
     lo, hi = r["mem_steps"]
     if r["mem"] or r["peak"]:
         lines += ["", f"| memory (XLA compiled analysis) [MiB] | N = {lo} | N = {hi} | ratio {hi}/{lo} |", "| --- | --- | --- | --- |"]
