@@ -45,12 +45,6 @@ def _outputs(model: StormModel, y: np.ndarray, key, sampler: SamplerConfig, syst
     return res
 
 
-def _sampler(steps: int, sampler: SamplerConfig | None) -> SamplerConfig:
-    if sampler is None:
-        return SamplerConfig(steps=steps)
-    return sampler
-
-
 def summarize(per_utt: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     """Mean of each metric per system: ``{system: {si_sdr, pesq, estoi}}``."""
     return {s: {k: float(np.mean(v)) for k, v in m.items()} for s, m in per_utt.items()}
@@ -64,7 +58,7 @@ def evaluate_crops(model: StormModel, dataset: PairDataset, batch: BatchConfig, 
     key = jax.random.key(0) if key is None else key
     b = next(iter(epoch_batches(dataset, batch)))
     systems = _systems(model)
-    outs = _outputs(model, b.noisy, key, _sampler(steps, sampler), systems)
+    outs = _outputs(model, b.noisy, key, sampler or SamplerConfig(steps=steps), systems)
     per = {s: {k: v for k, v in enhancement_metrics(outs[s], b.clean, rate=model.config.spec.sample_rate).items()} for s in systems}
     return summarize(per)
 
@@ -92,7 +86,7 @@ def evaluate_dataset(model: StormModel, dataset: PairDataset, m: float = 1.0, li
     systems = _systems(model)
     rate = model.config.spec.sample_rate
     hop = model.config.spec.hop
-    sampler = _sampler(steps, sampler)
+    sampler = sampler or SamplerConfig(steps=steps)
     per: dict[str, dict[str, list]] = {s: {"si_sdr": [], "pesq": [], "estoi": []} for s in systems}
     for i in tqdm(range(n), desc="evaluate", unit="utt", disable=not progress):
         u = dataset[i]
