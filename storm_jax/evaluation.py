@@ -50,15 +50,13 @@ def summarize(per_utt: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, 
     return {s: {k: float(np.mean(v)) for k, v in m.items()} for s, m in per_utt.items()}
 
 
-def evaluate_crops(model: StormModel, dataset: PairDataset, batch: BatchConfig, steps: int = 30, key=None,
-                   sampler: SamplerConfig | None = None) -> dict:
+def evaluate_crops(model: StormModel, dataset: PairDataset, batch: BatchConfig, steps: int = 30, key=None) -> dict:
     """Mean metrics over the first batch of ``epoch_batches(dataset, batch)`` (fixed-length crops;
-    used for validation during training, one compilation per system). ``sampler`` (default
-    ``SamplerConfig(steps=steps)``) sets the reverse process of the StoRM system."""
+    used for validation during training, one compilation per system)."""
     key = jax.random.key(0) if key is None else key
     b = next(iter(epoch_batches(dataset, batch)))
     systems = _systems(model)
-    outs = _outputs(model, b.noisy, key, sampler or SamplerConfig(steps=steps), systems)
+    outs = _outputs(model, b.noisy, key, SamplerConfig(steps=steps), systems)
     per = {s: {k: v for k, v in enhancement_metrics(outs[s], b.clean, rate=model.config.spec.sample_rate).items()} for s in systems}
     return summarize(per)
 
