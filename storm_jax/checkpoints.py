@@ -35,6 +35,8 @@ _FORMAT = "storm-jax/model/1"
 def config_to_dict(config: StormConfig) -> dict:
     """JSON-ready dict of a :class:`StormConfig` (tuples become lists)."""
     d = dataclasses.asdict(config)
+    if d["score_backbone"] is None:
+        del d["score_backbone"]  # one backbone: the files of older versions, unchanged
     d["format"] = _FORMAT
     return d
 
@@ -59,6 +61,7 @@ def config_from_dict(d: dict, where: str = "config") -> StormConfig:
             backbone=_build(NCSNppConfig, d.pop("backbone"), where),
             sde=_build(OUVE, d.pop("sde"), where),
             spec=_build(SpecConfig, d.pop("spec"), where),
+            score_backbone=_build(NCSNppConfig, sb, where) if (sb := d.pop("score_backbone", None)) is not None else None,
             **d,
         )
     except KeyError as err:

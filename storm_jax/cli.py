@@ -82,12 +82,14 @@ def cmd_info(args) -> int:
     from .model import param_shapes, storm_config
     from .nn import count_params
 
-    cfg = storm_config(args.preset, condition=args.condition)
+    cfg = storm_config(args.preset, args.score_preset, condition=args.condition)
     shapes = param_shapes(cfg)
     info = {
         "preset": args.preset,
+        "score_preset": args.score_preset or args.preset,
         "condition": cfg.condition,
         "backbone": dataclasses.asdict(cfg.backbone),
+        "score_backbone": dataclasses.asdict(cfg.score_backbone or cfg.backbone),
         "predictor_params": count_params(shapes["predictor"]),
         "score_params": count_params(shapes["score"]),
         "predictor_tensors": len(jax.tree_util.tree_leaves(shapes["predictor"])),
@@ -97,7 +99,8 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"preset {args.preset} (condition={cfg.condition})")
+        score = f", score network {info['score_preset']}" if info["score_preset"] != args.preset else ""
+        print(f"preset {args.preset}{score} (condition={cfg.condition})")
         for k in ("predictor_params", "score_params", "total_params"):
             print(f"  {k:18s} {info[k]:>12,d}")
     return 0
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="parameter counts of a preset")
     i.add_argument("--preset", default="ncsnpp")
+    i.add_argument("--score-preset", default=None, help="preset of the score network when it differs")
     i.add_argument("--condition", choices=("both", "noisy", "predictor"), default="both")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)

@@ -293,7 +293,10 @@ def hparams_from_config(config: StormConfig, layout: str | None = None) -> dict[
     the pickle free of classes: the reference's ``load_from_checkpoint`` needs
     ``data_module_cls=SpecsDataModule`` passed explicitly)."""
     layout = layout or _default_layout(config)
-    b = dataclasses.asdict(config.backbone)
+    if config.score_backbone is not None and config.has_predictor and config.has_score:
+        raise ValueError("the reference's hyper-parameters give both networks one set of backbone arguments; "
+                         "a model whose score network has its own backbone (score_backbone) cannot be written in its layout")
+    b = dataclasses.asdict(config.score_net() if (config.score_backbone is not None and not config.has_predictor) else config.backbone)
     backbone_kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in b.items() if k in _BACKBONE_FIELDS}
     hp: dict[str, Any] = {}
     if layout == "storm":

@@ -37,13 +37,17 @@ class StormConfig:
     """Everything that defines a StoRM model apart from its weights (hashable, static).
 
     Attributes:
-        backbone: NCSN++ settings shared by both networks (``input_channels`` and
-            ``discriminative`` are overridden per network, see :meth:`predictor_net`).
+        backbone: NCSN++ settings of the predictor, and of the score network unless
+            ``score_backbone`` is set (``input_channels`` and ``discriminative`` are overridden
+            per network, see :meth:`predictor_net`).
         sde: the OUVE SDE and its noise schedule.
         spec: STFT and compression settings.
         condition: what the score network sees besides x: ``both`` (Y and C, the reference
             default), ``noisy`` (Y only) or ``predictor`` (C only).
         has_predictor, has_score: ``False`` for the reference's score-only / predictor-only models.
+        score_backbone: NCSN++ settings of the score network when it differs from the predictor's
+            (the reference builds the two from separate ``backbone_denoiser`` /
+            ``backbone_score`` names); ``None``: the same as ``backbone``.
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -52,6 +56,7 @@ class StormConfig:
     condition: Literal["both", "noisy", "predictor"] = "both"
     has_predictor: bool = True
     has_score: bool = True
+    score_backbone: NCSNppConfig | None = None
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -66,19 +71,30 @@ class StormConfig:
         """Number of complex channels the score network sees (x plus conditions)."""
         return 3 if self.condition == "both" else 2
 
+    @property
+    def frame_multiple(self) -> int:
+        """Frame counts must be multiples of this: ``2^(levels − 1)`` of the deeper network."""
+        nets = [self.backbone] + ([self.score_backbone] if self.score_backbone is not None else [])
+        return max(2 ** (len(b.ch_mult) - 1) for b in nets)
+
     def predictor_net(self) -> NCSNppConfig:
         """Backbone of Π: discriminative, 2 real input channels (Re Y, Im Y)."""
         return dataclasses.replace(self.backbone, discriminative=True, input_channels=2)
 
     def score_net(self) -> NCSNppConfig:
         """Backbone of s_θ: time-conditional, ``2·score_inputs`` real input channels."""
-        return dataclasses.replace(self.backbone, discriminative=False, input_channels=2 * self.score_inputs)
+        base = self.score_backbone if self.score_backbone is not None else self.backbone
+        return dataclasses.replace(base, discriminative=False, input_channels=2 * self.score_inputs)
 
 
-def storm_config(preset: str = "ncsnpp", **overrides: Any) -> StormConfig:
+def storm_config(preset: str = "ncsnpp", score_preset: str | None = None, **overrides: Any) -> StormConfig:
     """A :class:`StormConfig` with the NCSN++ preset ``preset`` (``tiny``, ``small``, ``ncsnpp``,
-    ``ncsnpplarge``, ``ncsnpp12M``, ``ncsnpp6M``); other fields from ``overrides``."""
-    return StormConfig(backbone=ncsnpp_config(preset), **overrides)
+    ``ncsnpplarge``, ``ncsnpp12M``, ``ncsnpp6M``) for both networks, or ``score_preset`` for the
+    score network when given and different; other fields from ``overrides``."""
+    score_backbone = None
+    if score_preset is not None and score_preset != preset:
+        score_backbone = ncsnpp_config(score_preset)
+    return StormConfig(backbone=ncsnpp_config(preset), score_backbone=score_backbone, **overrides)
 
 
 @flax.struct.dataclass
@@ -123,7 +139,7 @@ def param_shapes(config: StormConfig | str, *, dtype=jnp.float32) -> dict:
     if isinstance(config, str):
         config = storm_config(config)
     F = config.backbone.image_size  # attention placement is checked against the frequency size
-    m = 2 ** (len(config.backbone.ch_mult) - 1)
+    m = config.frame_multiple
     cdt = jnp.result_type(dtype, jnp.complex64)
     out: dict = {"predictor": None, "score": None}
     key = jax.random.key(0)

@@ -147,6 +147,10 @@ class TrainConfig:
             new data). Networks the model directory lacks start fresh; the EMA starts at the
             loaded weights and the optimiser state is new. The run's fingerprint records a digest
             of the loaded weights, so a changed model directory is not resumed silently.
+        init_networks: the networks to take from ``init_from`` (``("predictor",)``,
+            ``("score",)`` or both; default: all it has). The others start fresh — e.g. a
+            larger score network (``StormConfig.score_backbone``) trained on a frozen,
+            already-trained predictor.
     """
 
     model: StormConfig = dataclasses.field(default_factory=lambda: storm_config("tiny"))
@@ -169,6 +173,7 @@ class TrainConfig:
     val_steps: int = 30
     progress: bool = True
     init_from: str | None = None
+    init_networks: tuple[str, ...] | None = None
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -186,15 +191,22 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < (0 if name == "steps" else 1):
                 problems.append(f"{name} must be a positive integer, got {v!r}")
-        mult = 2 ** (len(self.model.backbone.ch_mult) - 1)
+        mult = self.model.frame_multiple
         for name in ("frames", "val_frames"):
             v = getattr(self, name)
             if isinstance(v, (int, np.integer)) and v % mult:
-                problems.append(f"{name}={v} must be a multiple of {mult} (2^(len(ch_mult)-1) for ch_mult={self.model.backbone.ch_mult})")
+                problems.append(f"{name}={v} must be a multiple of {mult} (2^(levels-1) of the deeper network)")
         if self.predictor_steps and mode != "freeze-predictor":
             problems.append(f"predictor_steps={self.predictor_steps} needs mode='freeze-predictor'")
         if not isinstance(self.predictor_steps, (int, np.integer)) or self.predictor_steps < 0:
             problems.append(f"predictor_steps must be an integer >= 0, got {self.predictor_steps!r}")
+        if self.init_networks is not None:
+            nets = tuple(self.init_networks)
+            object.__setattr__(self, "init_networks", nets)
+            if not nets or any(n not in ("predictor", "score") for n in nets) or len(set(nets)) != len(nets):
+                problems.append(f"init_networks must name 'predictor' and/or 'score' once each, got {list(nets)}")
+            if self.init_from is None:
+                problems.append("init_networks needs init_from")
         if not (math.isfinite(self.m) and self.m >= 0):
             problems.append(f"m must be finite and >= 0, got {self.m}")
         if problems:
@@ -398,8 +410,11 @@ on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(stat
 
 
 def _load_init(config: TrainConfig) -> dict:
-    """The parameters of ``config.init_from``, checked against the run's model configuration
-    (backbone, SDE, front end and condition must agree; a network may be missing)."""
+    """The parameters of ``config.init_from`` to start from, ``{network: params or None}``.
+
+    SDE, front end and condition must agree with the run's; each network that is loaded
+    (``config.init_networks``, default: every network the model has) must have the run's
+    architecture. Networks not loaded are ``None`` (they start fresh)."""
     from .checkpoints import config_to_dict, resolve_model
 
     spec = config.init_from
@@ -409,16 +424,28 @@ def _load_init(config: TrainConfig) -> dict:
         model = resolve_model(spec)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"init_from: {err}") from None
-    want, got = config_to_dict(model_config_for(config)), config_to_dict(model.config)
-    for k in ("has_predictor", "has_score"):
+    run_cfg = model_config_for(config)
+    want, got = config_to_dict(run_cfg), config_to_dict(model.config)
+    for k in ("has_predictor", "has_score", "backbone", "score_backbone"):
         want.pop(k, None), got.pop(k, None)
     diff = _diff(got, want)
     if diff:
         raise ValueError(f"init_from={spec}: the model's configuration differs from the run's:\n  " + "\n  ".join(diff))
+    names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
+    out: dict = {"predictor": None, "score": None}
+    for name in names:
+        if model.params.get(name) is None:
+            raise ValueError(f"init_from={spec}: the model has no {name} network (init_networks={list(names)})")
+        if run_cfg.has_predictor if name == "predictor" else run_cfg.has_score:
+            net = "predictor_net" if name == "predictor" else "score_net"
+            d = _diff(dataclasses.asdict(getattr(model.config, net)()), dataclasses.asdict(getattr(run_cfg, net)()), f"{name}.")
+            if d:
+                raise ValueError(f"init_from={spec}: the model's {name} network differs from the run's:\n  " + "\n  ".join(d))
+            out[name] = model.params[name]
     trained = _TRAINED[config.mode] if config.mode != "freeze-predictor" else ("predictor", "score")
-    if not any(model.params.get(k) is not None for k in trained):
+    if not any(out.get(k) is not None for k in trained):
         raise ValueError(f"init_from={spec}: the model has none of the networks this mode uses ({', '.join(trained)})")
-    return model.params
+    return out
 
 
 def _params_digest(params: dict) -> str:
@@ -436,6 +463,8 @@ def _fingerprint_dict(config: TrainConfig, data_fp: str, init_digest: str | None
     for k in _RESUMABLE_FIELDS:
         d.pop(k, None)
     d["data"] = data_fp
+    if d.get("init_networks") is None:
+        d.pop("init_networks", None)  # as before init_networks existed
     if d.get("init_from") is None:
         d.pop("init_from", None)  # runs from a fresh initialisation keep their old fingerprint
     else:
@@ -529,7 +558,7 @@ def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) ->
     if step is None:
         raise FileNotFoundError(f"{out}: no checkpoint saved yet")
     # The template only gives the structure: never reload ``init_from`` (it may have moved).
-    state, meta = _restore(mngr, step, init_train_state(dataclasses.replace(config, init_from=None)))
+    state, meta = _restore(mngr, step, init_train_state(dataclasses.replace(config, init_from=None, init_networks=None)))
     mngr.close()
     return config, state, meta
 

@@ -22,11 +22,11 @@ def cmd_train(args) -> int:
     if init_from is not None and not (init_from == "pretrained" or init_from.startswith(("pretrained:", "preset:"))):
         init_from = str(Path(init_from).absolute())
     config = TrainConfig(
-        model=storm_config(args.preset, **overrides), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
+        model=storm_config(args.preset, args.score_preset, **overrides), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
         weighting=args.weighting, batch_size=args.batch_size, frames=args.frames, m=args.m, seed=args.seed,
         steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
-        init_from=init_from,
+        init_from=init_from, init_networks=tuple(args.init_networks) if args.init_networks else None,
     )
     data = "embedded" if args.data == "embedded" else args.data
     try:
@@ -86,6 +86,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``export`` to the ``storm-jax`` sub-command parser."""
     t = sub.add_parser("train", help="train a StoRM model (resumable; see storm_jax.train)")
     t.add_argument("--preset", default="tiny", help="NCSN++ preset (tiny, small, ncsnpp, …)")
+    t.add_argument("--score-preset", default=None,
+                   help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")
     t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
     t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
     t.add_argument("--data", default="embedded", help="'embedded' or a dataset folder")
@@ -109,6 +111,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-steps", type=int, default=30)
     t.add_argument("--init-from", default=None, metavar="MODEL",
                    help="fine-tune: start from the weights of a model directory (storm-jax export / import-ckpt) or pretrained[:NAME]")
+    t.add_argument("--init-networks", nargs="+", choices=("predictor", "score"), default=None,
+                   help="with --init-from: the networks to load (default: all the model has); the others start fresh")
     t.add_argument("--export", default=None, help="after training, write the EMA model to this directory")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

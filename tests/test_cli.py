@@ -19,6 +19,14 @@ def test_info_json_reference_counts(capsys):
     assert info["score_tensors"] == 271 and info["predictor_tensors"] == 267
 
 
+def test_info_score_network_of_another_preset(capsys):
+    assert main(["info", "--preset", "ncsnpp", "--score-preset", "tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["predictor_params"] == 27_342_350 and info["score_preset"] == "tiny"
+    assert info["score_params"] < 1_000_000 and info["score_backbone"]["nf"] == 16
+    assert main(["info", "--score-preset", "huge"]) == 2
+
+
 def test_info_unknown_preset(capsys):
     assert main(["info", "--preset", "huge"]) == 2
     assert "huge" in capsys.readouterr().err

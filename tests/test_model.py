@@ -108,3 +108,31 @@ def test_missing_networks_are_clear_errors(tiny):
         sj.StormConfig(backbone=tiny.config.backbone, has_predictor=False, condition="both")
     with pytest.raises(ValueError, match="unknown condition"):
         sj.storm_config("tiny", condition="post")
+
+
+def test_score_network_with_its_own_backbone(tmp_path):
+    """``score_backbone`` (the reference's separate ``backbone_score``): the score network takes its
+    architecture, the predictor keeps ``backbone``; counts add up, frames follow the deeper network,
+    the config survives a save/load round trip, and a one-backbone config is written as before."""
+    from storm_jax.checkpoints import config_from_dict, config_to_dict
+    from storm_jax.convert import hparams_from_config
+
+    mixed = sj.storm_config("tiny", "small")
+    assert sj.storm_config("tiny", "tiny").score_backbone is None
+    assert mixed.predictor_net().nf == 16 and mixed.score_net().nf == 32 and mixed.score_net().input_channels == 6
+    assert mixed.frame_multiple == 8 and sj.storm_config("tiny").frame_multiple == 4
+    shapes = sj.param_shapes(mixed)
+    assert count_params(shapes["predictor"]) == count_params(sj.param_shapes("tiny")["predictor"])
+    assert count_params(shapes["score"]) == count_params(sj.param_shapes("small")["score"])
+    d = config_to_dict(mixed)
+    assert d["score_backbone"]["nf"] == 32 and config_from_dict(d) == mixed
+    assert "score_backbone" not in config_to_dict(sj.storm_config("tiny"))
+    model = sj.init_storm(mixed, 0)
+    loaded = sj.load_model(sj.save_model(model, tmp_path / "m"))
+    assert loaded.config == mixed
+    for a, b in zip(jax.tree_util.tree_leaves(model.params), jax.tree_util.tree_leaves(loaded.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    Y = _rand(jax.random.key(1), (F, 8))
+    assert sj.score(model, Y, 0.5, Y, sj.predictor(model, Y)).shape == Y.shape
+    with pytest.raises(ValueError, match="one set of backbone arguments"):
+        hparams_from_config(mixed)

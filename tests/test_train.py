@@ -294,13 +294,49 @@ def test_fine_tune_from_a_model_directory(tmp_path, dataset):
         train(dataclasses.replace(cfg, steps=3), tmp_path / "ft", dataset)
     # a model of another architecture, a missing directory, a preset: clear errors before any step
     other = dataclasses.replace(cfg, model=dataclasses.replace(MODEL, backbone=dataclasses.replace(MODEL.backbone, nf=4)))
-    with pytest.raises(ValueError, match=r"configuration differs(.|\n)*nf"):
+    with pytest.raises(ValueError, match=r"predictor network differs(.|\n)*nf"):
         train(other, tmp_path / "x", dataset)
     with pytest.raises(FileNotFoundError, match="init_from"):
         train(dataclasses.replace(cfg, init_from=str(tmp_path / "nowhere")), tmp_path / "y", dataset)
     with pytest.raises(ValueError, match="preset has no trained weights"):
         init_train_state(dataclasses.replace(cfg, init_from="preset:tiny"))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
+    """``init_networks=("predictor",)`` with a score network of its own backbone: the predictor is
+    the model's (and stays so when frozen), the score network is the fresh initialisation; a
+    network the model lacks, a loaded network of another architecture, and ``init_networks``
+    without ``init_from`` are clear errors."""
+    src = storm_jax.save_model(init_storm(MODEL, 3), tmp_path / "model")
+    loaded = storm_jax.load_model(src)
+    big = dataclasses.replace(MODEL.backbone, nf=12)
+    cfg = dataclasses.replace(CFG, model=dataclasses.replace(MODEL, score_backbone=big), mode="freeze-predictor",
+                              steps=2, init_from=str(src), init_networks=("predictor",))
+    state = init_train_state(cfg)
+    fresh = init_storm(model_config_for(cfg), jax.random.fold_in(jax.random.key(cfg.seed), 2**31 - 1))
+    for name, want in (("predictor", loaded.params["predictor"]), ("score", fresh.params["score"])):
+        for x, y in zip(jax.tree_util.tree_leaves(state.params[name]), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    from storm_jax.nn import count_params
+    assert count_params(state.params["score"]) > count_params(loaded.params["score"])
+    train(cfg, tmp_path / "run", dataset)
+    _, st, _ = load_training_checkpoint(tmp_path / "run")
+    for x, y in zip(jax.tree_util.tree_leaves(st.params["predictor"]), jax.tree_util.tree_leaves(loaded.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    out = storm_jax.load_model(storm_jax.export_ema_model(tmp_path / "run", tmp_path / "exported"))
+    assert out.config.score_backbone == big and out.config.score_net().nf == 12
+    with pytest.raises(ValueError, match="score network differs(.|\n)*nf"):
+        init_train_state(dataclasses.replace(cfg, init_networks=("predictor", "score")))
+    pred_only = storm_jax.save_model(
+        StormModel(config=dataclasses.replace(MODEL, has_score=False), params={"predictor": loaded.params["predictor"], "score": None}),
+        tmp_path / "pred")
+    with pytest.raises(ValueError, match="has no score network"):
+        init_train_state(dataclasses.replace(cfg, model=MODEL, init_from=str(pred_only), init_networks=("score",)))
+    with pytest.raises(ValueError, match="init_networks needs init_from"):
+        dataclasses.replace(cfg, init_from=None)
+    with pytest.raises(ValueError, match="init_networks must name"):
+        dataclasses.replace(cfg, init_networks=("denoiser",))
 
 
 # ------------------------------------------------------------------------------- bad input
