@@ -136,3 +136,6 @@ def test_score_network_with_its_own_backbone(tmp_path):
     assert sj.score(model, Y, 0.5, Y, sj.predictor(model, Y)).shape == Y.shape
     with pytest.raises(ValueError, match="one set of backbone arguments"):
         hparams_from_config(mixed)
+    # a single-network model is written with the backbone of the network it has
+    assert hparams_from_config(dataclasses.replace(mixed, has_predictor=False, condition="noisy"))["nf"] == 32
+    assert hparams_from_config(dataclasses.replace(mixed, has_score=False))["nf"] == 16

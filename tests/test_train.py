@@ -20,6 +20,7 @@ import importlib
 train_mod = importlib.import_module("storm_jax.train")
 from storm_jax.data import DatasetError, PairDataset
 from storm_jax.model import StormModel, init_storm, predictor, score, storm_config
+from storm_jax.nn import count_params
 from storm_jax.sampling import complex_normal
 from storm_jax.train import (
     CheckpointMismatch,
@@ -318,7 +319,6 @@ def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
     for name, want in (("predictor", loaded.params["predictor"]), ("score", fresh.params["score"])):
         for x, y in zip(jax.tree_util.tree_leaves(state.params[name]), jax.tree_util.tree_leaves(want)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    from storm_jax.nn import count_params
     assert count_params(state.params["score"]) > count_params(loaded.params["score"])
     train(cfg, tmp_path / "run", dataset)
     _, st, _ = load_training_checkpoint(tmp_path / "run")
