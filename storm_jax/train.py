@@ -412,9 +412,11 @@ on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(stat
 def _load_init(config: TrainConfig) -> dict:
     """The parameters of ``config.init_from`` to start from, ``{network: params or None}``.
 
-    SDE, front end and condition must agree with the run's; each network that is loaded
-    (``config.init_networks``, default: every network the model has) must have the run's
-    architecture. Networks not loaded are ``None`` (they start fresh)."""
+    The front end must agree with the run's, and so must SDE and condition when the score
+    network is loaded (the predictor depends on neither, so a loaded predictor can serve a run
+    with another SDE or condition); each network that is loaded (``config.init_networks``,
+    default: every network the model has) must have the run's architecture. Networks not loaded
+    are ``None`` (they start fresh)."""
     from .checkpoints import config_to_dict, resolve_model
 
     spec = config.init_from
@@ -425,13 +427,14 @@ def _load_init(config: TrainConfig) -> dict:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"init_from: {err}") from None
     run_cfg = model_config_for(config)
+    names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
-    for k in ("has_predictor", "has_score", "backbone", "score_backbone"):
+    per_network = ("has_predictor", "has_score", "backbone", "score_backbone")
+    for k in per_network + (() if "score" in names else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)
     diff = _diff(got, want)
     if diff:
         raise ValueError(f"init_from={spec}: the model's configuration differs from the run's:\n  " + "\n  ".join(diff))
-    names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
     out: dict = {"predictor": None, "score": None}
     for name in names:
         if model.params.get(name) is None:

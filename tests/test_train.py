@@ -333,6 +333,14 @@ def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
         tmp_path / "pred")
     with pytest.raises(ValueError, match="has no score network"):
         init_train_state(dataclasses.replace(cfg, model=MODEL, init_from=str(pred_only), init_networks=("score",)))
+    # the predictor depends on neither SDE nor condition: it may serve a run with others; a loaded
+    # score network may not
+    other = dataclasses.replace(MODEL, condition="predictor", sde=dataclasses.replace(MODEL.sde, sigma_max=0.4))
+    st = init_train_state(dataclasses.replace(cfg, model=other))
+    for x, y in zip(jax.tree_util.tree_leaves(st.params["predictor"]), jax.tree_util.tree_leaves(loaded.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match=r"configuration differs(.|\n)*condition(.|\n)*sigma_max"):
+        init_train_state(dataclasses.replace(cfg, model=other, init_networks=("predictor", "score")))
     with pytest.raises(ValueError, match="init_networks needs init_from"):
         dataclasses.replace(cfg, init_from=None)
     with pytest.raises(ValueError, match="init_networks must name"):
