@@ -430,7 +430,8 @@ def _load_init(config: TrainConfig) -> dict:
     names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
     per_network = ("has_predictor", "has_score", "backbone", "score_backbone")
-    for k in per_network + (() if "score" in names else ("sde", "condition")):
+    score_loaded = "score" in names and run_cfg.has_score
+    for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)
     diff = _diff(got, want)
     if diff:

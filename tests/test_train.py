@@ -341,6 +341,9 @@ def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(ValueError, match=r"configuration differs(.|\n)*condition(.|\n)*sigma_max"):
         init_train_state(dataclasses.replace(cfg, model=other, init_networks=("predictor", "score")))
+    # a predictor-only run has no score network: the full model's predictor serves it by default
+    st = init_train_state(dataclasses.replace(cfg, model=other, mode="predictor-only", init_networks=None))
+    assert st.params["score"] is None
     with pytest.raises(ValueError, match="init_networks needs init_from"):
         dataclasses.replace(cfg, init_from=None)
     with pytest.raises(ValueError, match="init_networks must name"):
