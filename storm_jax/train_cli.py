@@ -18,6 +18,11 @@ def cmd_train(args) -> int:
     overrides = {}
     if args.condition:
         overrides["condition"] = args.condition
+    sde_args = {k: getattr(args, k) for k in ("theta", "sigma_min", "sigma_max", "t_eps") if getattr(args, k) is not None}
+    if sde_args:
+        from .sde import OUVE
+
+        overrides["sde"] = OUVE(**sde_args)
     init_from = args.init_from
     if init_from is not None and not (init_from == "pretrained" or init_from.startswith(("pretrained:", "preset:"))):
         init_from = str(Path(init_from).absolute())
@@ -90,6 +95,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")
     t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
     t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
+    t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
+    t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")
+    t.add_argument("--sigma-max", type=float, default=None, help="OUVE σ_max (default 0.5)")
+    t.add_argument("--t-eps", type=float, default=None, help="smallest time of the reverse process (default 0.03)")
     t.add_argument("--data", default="embedded", help="'embedded' or a dataset folder")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl); an existing run is resumed")
     t.add_argument("--steps", type=int, default=1000)

@@ -409,6 +409,23 @@ def test_cli_train_on_a_folder_and_bad_input(tmp_path, capsys):
     assert code == 2 and "multiple of 4" in capsys.readouterr().err
 
 
+def test_cli_train_sde_options(tmp_path, capsys):
+    """--theta/--sigma-min/--sigma-max/--t-eps set the run's OUVE SDE (recorded in its config);
+    an impossible schedule is refused before anything is written."""
+    from storm_jax.cli import main
+
+    root = _folder(tmp_path / "data")
+    out = tmp_path / "run"
+    bad = ["train", "--data", str(root), "--out", str(out), "--quiet", "--sigma-max", "0.01"]
+    assert main(bad) == 2 and "sigma_min < sigma_max" in capsys.readouterr().err
+    assert not out.exists()
+    args = ["train", "--data", str(root), "--out", str(out), "--quiet", "--steps", "0", "--batch-size", "2", "--frames", "32",
+            "--val-every", "-1", "--theta", "2", "--sigma-min", "0.04", "--sigma-max", "0.25", "--t-eps", "0.05"]
+    assert main(args) == 0
+    sde = json.loads((out / "train_config.json").read_text())["model"]["sde"]
+    assert (sde["theta"], sde["sigma_min"], sde["sigma_max"], sde["t_eps"]) == (2.0, 0.04, 0.25, 0.05)
+
+
 # ------------------------------------------------------------------------- shipped model
 
 
