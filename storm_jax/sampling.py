@@ -17,11 +17,13 @@ with ``s = s_θ(x, t_k, Y, C)``; the two predictors are algebraically equal for 
 
 Time grids (``grid``):
 
-* ``reference``: ``t_k = linspace(1, t_eps, N)[k]`` and ``dt_k = 1/N`` for all k — exactly the
-  reference, which integrates a total time of 1 over an interval of ``1 − t_eps`` (a bias that
-  does not vanish as N grows).
-* ``consistent``: ``t_k = 1 − k·h``, ``dt_k = h = (1 − t_eps)/N`` — N Euler steps that cover
-  exactly ``[t_eps, 1]``.
+* ``reference``: ``t_k = linspace(T, t_eps, N)[k]`` and ``dt_k = 1/N`` for all k — exactly the
+  reference (its ``SDE.discretize`` takes ``dt = 1/N`` whatever T), which integrates a total time
+  of 1 over an interval of ``T − t_eps`` (a bias that does not vanish as N grows). With the
+  reference's T = 1 the excess is ``t_eps``; a reverse process started later (T < 1) is
+  over-integrated by the factor ``1/(T − t_eps)``, so use ``consistent`` there.
+* ``consistent``: ``t_k = T − k·h``, ``dt_k = h = (T − t_eps)/N`` — N Euler steps that cover
+  exactly ``[t_eps, T]``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,13 @@ def test_time_grids():
     ts, dts = time_grid(sde, 30, "consistent")
     assert ts[0] == 1.0 and ts[-1] - dts[-1] == pytest.approx(0.03)
     assert np.sum(dts) == pytest.approx(0.97)
+    # a later start T = 0.6: the reference steps still sum to 1 (over-integration by 1/0.57),
+    # the consistent grid covers exactly [t_eps, T]
+    late = OUVE(T=0.6)
+    ts, dts = time_grid(late, 30, "reference")
+    assert ts[0] == 0.6 and ts[-1] == pytest.approx(0.03) and np.sum(dts) == pytest.approx(1.0)
+    ts, dts = time_grid(late, 30, "consistent")
+    assert ts[0] == 0.6 and np.sum(dts) == pytest.approx(0.57) and ts[-1] - dts[-1] == pytest.approx(0.03)
 
 
 def test_same_draws_same_output_and_replay():
