@@ -37,8 +37,6 @@ def config_to_dict(config: StormConfig) -> dict:
     d = dataclasses.asdict(config)
     if d["score_backbone"] is None:
         del d["score_backbone"]  # one backbone: the files of older versions, unchanged
-    if d["preconditioning"] == "reference":
-        del d["preconditioning"], d["sigma_data"]  # likewise
     d["format"] = _FORMAT
     return d
 

@@ -293,9 +293,6 @@ def hparams_from_config(config: StormConfig, layout: str | None = None) -> dict[
     the pickle free of classes: the reference's ``load_from_checkpoint`` needs
     ``data_module_cls=SpecsDataModule`` passed explicitly)."""
     layout = layout or _default_layout(config)
-    if config.preconditioning != "reference" and config.has_score:
-        raise ValueError(f"the reference has no score preconditioning; a model with preconditioning={config.preconditioning!r} "
-                         "cannot be written in its layout")
     if config.score_backbone is not None and config.has_predictor and config.has_score:
         raise ValueError("the reference's hyper-parameters give both networks one set of backbone arguments; "
                          "a model whose score network has its own backbone (score_backbone) cannot be written in its layout")

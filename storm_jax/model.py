@@ -27,10 +27,9 @@ from .audio import SpecConfig
 from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "CONDITIONS", "PRECONDITIONINGS", "storm_config"]
+__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "CONDITIONS", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
-PRECONDITIONINGS = ("reference", "edm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +48,6 @@ class StormConfig:
         score_backbone: NCSN++ settings of the score network when it differs from the predictor's
             (the reference builds the two from separate ``backbone_denoiser`` /
             ``backbone_score`` names); ``None``: the same as ``backbone``.
-        preconditioning: how the score network's output becomes a score. ``"reference"``:
-            ``s = −net(…)`` (the reference, and every imported checkpoint). ``"edm"``: the
-            network predicts a correction to a Wiener estimate of the clean spectrogram
-            (Karras et al. 2022, EDM preconditioning, written for the OUVE mean), see
-            :func:`score`.
-        sigma_data: ``σ_d``, the rms per complex bin of ``X − C`` assumed by ``"edm"``
-            (compressed-spectrogram units; 0.05 matches the embedded corpus' tiny predictor).
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -65,8 +57,6 @@ class StormConfig:
     has_predictor: bool = True
     has_score: bool = True
     score_backbone: NCSNppConfig | None = None
-    preconditioning: Literal["reference", "edm"] = "reference"
-    sigma_data: float = 0.05
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -75,10 +65,6 @@ class StormConfig:
             raise ValueError("a StoRM model needs a predictor, a score network, or both")
         if self.condition in ("both", "predictor") and self.has_score and not self.has_predictor:
             raise ValueError(f"condition={self.condition!r} needs a predictor network")
-        if self.preconditioning not in PRECONDITIONINGS:
-            raise ValueError(f"unknown preconditioning {self.preconditioning!r}; choose one of {PRECONDITIONINGS}")
-        if not self.sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0, got {self.sigma_data}")
 
     @property
     def score_inputs(self) -> int:
@@ -96,11 +82,9 @@ class StormConfig:
         return dataclasses.replace(self.backbone, discriminative=True, input_channels=2)
 
     def score_net(self) -> NCSNppConfig:
-        """Backbone of s_θ: time-conditional, ``2·score_inputs`` real input channels (with
-        ``preconditioning="edm"`` the output is not divided by t: :func:`score` scales it)."""
+        """Backbone of s_θ: time-conditional, ``2·score_inputs`` real input channels."""
         base = self.score_backbone if self.score_backbone is not None else self.backbone
-        extra = {"scale_by_sigma": False} if self.preconditioning == "edm" else {}
-        return dataclasses.replace(base, discriminative=False, input_channels=2 * self.score_inputs, **extra)
+        return dataclasses.replace(base, discriminative=False, input_channels=2 * self.score_inputs)
 
 
 def storm_config(preset: str = "ncsnpp", score_preset: str | None = None, **overrides: Any) -> StormConfig:
@@ -203,22 +187,9 @@ def score(
     Y: Complex[Array, "*batch F T"] | None,
     C: Complex[Array, "*batch F T"] | None,
 ) -> Complex[Array, "*batch F T"]:
-    """Score ``s_θ(x, t, Y, C)`` of the OUVE marginal at time ``t`` (``[*batch, F, T]``).
-
-    ``preconditioning="reference"``: ``s = −net(cat[x, conditions], t)`` (no division by σ;
-    reference ``forward_score``).
-
-    ``preconditioning="edm"``: with the process' attractor ``A`` (C; Y for a score-only model),
-    ``a = e^{−θt}``, ``σ = σ(t)`` and ``u = x − A = a·(X − A) + σ·z``, the network output ``F``
-    corrects the Wiener estimate of ``D = X − A`` for a prior ``D ~ CN(0, σ_d²)`` per bin
-    (EDM preconditioning, Karras et al. 2022, at the effective noise level ``σ̃ = σ/a``)::
-
-        D̂ = c_skip·u/a + c_out·F,   c_skip = σ_d²/(σ̃² + σ_d²),   c_out = σ̃·σ_d/√(σ̃² + σ_d²)
-        s = −(u − a·D̂)/σ²   (the score of N(A + a·D̂, σ²))
-
-    So an untrained network (``F = 0``) already gives the Wiener score, and the DSM loss
-    ``½|σ·s + z|² = ½(a/σ)²·|D̂ − D|²`` is unchanged. ``t`` is a scalar or has the batch shape
-    of ``x``. Inputs that the condition mode does not use may be ``None``."""
+    """Score ``s_θ(x, t, Y, C) = −net(cat[x, conditions], t)`` (no division by σ; reference
+    ``forward_score``). ``t`` is a scalar or has the batch shape of ``x``. Inputs that the
+    condition mode does not use may be ``None``."""
     if model.params.get("score") is None:
         raise ValueError("this model has no score network (predictor-only model)")
     x = jnp.asarray(x)
@@ -231,24 +202,4 @@ def score(
     rdt = jnp.real(x).dtype
     tb = jnp.broadcast_to(jnp.asarray(t, rdt), lead).reshape(-1)
     out = NCSNpp(model.config.score_net()).apply({"params": model.params["score"]}, flat, tb)
-    out = out.reshape(lead + out.shape[1:])
-    if model.config.preconditioning == "reference":
-        return -out
-    return _edm_score(model.config, x, jnp.broadcast_to(jnp.asarray(t, rdt), lead), Y, C, out)
-
-
-def _edm_score(config: StormConfig, x, t, Y, C, F):
-    """The ``"edm"`` score from the network output ``F`` (see :func:`score`)."""
-    A = C if config.has_predictor else Y
-    if A is None:
-        raise ValueError("preconditioning='edm' needs the process' attractor (C, or Y for a score-only model); got None")
-    sde, sd2 = config.sde, config.sigma_data**2
-    t = t[..., None, None]
-    a = jnp.exp(-sde.theta * t)
-    sigma = sde.std(t)
-    st = sigma / a
-    c_skip = sd2 / (st**2 + sd2)
-    c_out = st * config.sigma_data / jnp.sqrt(st**2 + sd2)
-    u = x - jnp.asarray(A, x.dtype)
-    d_hat = c_skip * u / a + c_out * F
-    return -(u - a * d_hat) / sigma**2
+    return -out.reshape(lead + out.shape[1:])

@@ -412,8 +412,8 @@ on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(stat
 def _load_init(config: TrainConfig) -> dict:
     """The parameters of ``config.init_from`` to start from, ``{network: params or None}``.
 
-    The front end must agree with the run's, and so must SDE, condition and preconditioning when
-    the score network is loaded (the predictor depends on none of them, so a loaded predictor can serve a run
+    The front end must agree with the run's, and so must SDE and condition when the score
+    network is loaded (the predictor depends on neither, so a loaded predictor can serve a run
     with another SDE or condition); each network that is loaded (``config.init_networks``,
     default: every network the model has) must have the run's architecture. Networks not loaded
     are ``None`` (they start fresh)."""
@@ -431,7 +431,7 @@ def _load_init(config: TrainConfig) -> dict:
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
     per_network = ("has_predictor", "has_score", "backbone", "score_backbone")
     score_loaded = "score" in names and run_cfg.has_score
-    for k in per_network + (() if score_loaded else ("sde", "condition", "preconditioning", "sigma_data")):
+    for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)
     diff = _diff(got, want)
     if diff:

@@ -18,10 +18,6 @@ def cmd_train(args) -> int:
     overrides = {}
     if args.condition:
         overrides["condition"] = args.condition
-    if args.preconditioning:
-        overrides["preconditioning"] = args.preconditioning
-    if args.sigma_data is not None:
-        overrides["sigma_data"] = args.sigma_data
     sde_args = {k: getattr(args, k) for k in ("theta", "sigma_min", "sigma_max", "t_eps") if getattr(args, k) is not None}
     if sde_args:
         from .sde import OUVE
@@ -98,9 +94,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--score-preset", default=None,
                    help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")
     t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
-    t.add_argument("--preconditioning", choices=("reference", "edm"), default=None,
-                   help="score output: reference (s = -net) or edm (Wiener estimate + learned correction)")
-    t.add_argument("--sigma-data", type=float, default=None, help="σ_d of the edm preconditioning (default 0.05)")
     t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
     t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
     t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")

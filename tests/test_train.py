@@ -424,12 +424,6 @@ def test_cli_train_sde_options(tmp_path, capsys):
     assert main(args) == 0
     sde = json.loads((out / "train_config.json").read_text())["model"]["sde"]
     assert (sde["theta"], sde["sigma_min"], sde["sigma_max"], sde["t_eps"]) == (2.0, 0.04, 0.25, 0.05)
-    out2 = tmp_path / "run-edm"
-    args = ["train", "--data", str(root), "--out", str(out2), "--quiet", "--steps", "0", "--batch-size", "2", "--frames", "32",
-            "--val-every", "-1", "--preconditioning", "edm", "--sigma-data", "0.08"]
-    assert main(args) == 0
-    model = json.loads((out2 / "train_config.json").read_text())["model"]
-    assert (model["preconditioning"], model["sigma_data"]) == ("edm", 0.08)
 
 
 # ------------------------------------------------------------------------- shipped model
