@@ -22,7 +22,7 @@ from .model import StormModel
 from .pipeline import EnhanceConfig, enhance
 from .sampling import SamplerConfig
 
-__all__ = ["SYSTEMS", "evaluate_dataset", "evaluate_crops", "summarize", "format_table"]
+__all__ = ["SYSTEMS", "evaluate_dataset", "evaluate_crops", "summarize", "summarize_groups", "format_table", "format_group_table"]
 
 SYSTEMS = ("noisy", "predictor", "storm")
 
@@ -48,6 +48,20 @@ def _outputs(model: StormModel, y: np.ndarray, key, sampler: SamplerConfig, syst
 def summarize(per_utt: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     """Mean of each metric per system: ``{system: {si_sdr, pesq, estoi}}``."""
     return {s: {k: float(np.mean(v)) for k, v in m.items()} for s, m in per_utt.items()}
+
+
+def summarize_groups(per_utt: dict[str, dict[str, np.ndarray]], labels) -> dict[str, dict]:
+    """Means per group of utterances: ``{label: {"n": count, "systems": summarize(…)}}`` for
+    ``labels[i]``, the group of utterance ``i`` (e.g. its noise type), in sorted label order."""
+    labels = [str(v) for v in labels]
+    n = len(next(iter(next(iter(per_utt.values())).values())))
+    if len(labels) != n:
+        raise ValueError(f"summarize_groups: {len(labels)} labels for {n} utterances")
+    out = {}
+    for lab in sorted(set(labels)):
+        idx = np.asarray([i for i, v in enumerate(labels) if v == lab])
+        out[lab] = {"n": int(idx.size), "systems": summarize({s: {k: v[idx] for k, v in m.items()} for s, m in per_utt.items()})}
+    return out
 
 
 def evaluate_crops(model: StormModel, dataset: PairDataset, batch: BatchConfig, steps: int = 30, key=None) -> dict:
@@ -105,4 +119,13 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     lines = ["| system | SI-SDR [dB] | PESQ | ESTOI |", "|---|---:|---:|---:|"]
     for s, m in summary.items():
         lines.append(f"| {s} | {m['si_sdr']:.2f} | {m['pesq']:.3f} | {m['estoi']:.3f} |")
+    return "\n".join(lines)
+
+
+def format_group_table(groups: dict[str, dict], key: str) -> str:
+    """A Markdown table of :func:`summarize_groups`' means, one row per group and system."""
+    lines = [f"| {key} | n | system | SI-SDR [dB] | PESQ | ESTOI |", "|---|---:|---|---:|---:|---:|"]
+    for lab, g in groups.items():
+        for s, m in g["systems"].items():
+            lines.append(f"| {lab} | {g['n']} | {s} | {m['si_sdr']:.2f} | {m['pesq']:.3f} | {m['estoi']:.3f} |")
     return "\n".join(lines)

@@ -68,22 +68,36 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     from .checkpoints import resolve_model
     from .data import embedded_corpus, folder_dataset
-    from .evaluation import evaluate_dataset, format_table, summarize
+    from .evaluation import evaluate_dataset, format_group_table, format_table, summarize, summarize_groups
 
     model = resolve_model(args.checkpoint)
     ds = embedded_corpus(args.split, progress=False) if args.data == "embedded" else folder_dataset(args.data, args.split)
+    labels = None
+    if args.by:
+        n = len(ds) if args.limit is None else min(args.limit, len(ds))
+        missing = [ds.ids[i] for i in range(n) if args.by not in ds.info(i)]
+        if missing:
+            keys = sorted(ds.info(0)) if len(ds) else []
+            print(f"storm-jax evaluate: --by {args.by}: {ds.name} has no {args.by!r} for {len(missing)} utterance(s) "
+                  f"(first: {missing[0]}); its metadata keys are {keys}", file=sys.stderr)
+            return 2
+        labels = [ds.info(i)[args.by] for i in range(n)]
     from .sampling import SamplerConfig
 
     sampler = SamplerConfig(steps=args.steps, corrector=args.corrector, corrector_steps=args.corrector_steps, snr=args.snr)
     per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, seed=args.seed, progress=not args.json, sampler=sampler)
     summary = summarize(per)
+    groups = summarize_groups(per, labels) if labels is not None else None
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary if groups is None else {"all": summary, args.by: groups}, indent=2))
     else:
         n = len(next(iter(next(iter(per.values())).values())))
         corr = "no corrector" if args.corrector == "none" else f"{args.corrector} corrector (snr {args.snr}, {args.corrector_steps} per step)"
         print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps, {corr}")
         print(format_table(summary))
+        if groups is not None:
+            print()
+            print(format_group_table(groups, args.by))
     return 0
 
 
@@ -138,7 +152,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--snr", type=float, default=0.5, help="ALD step-size ratio")
     e.add_argument("--m", type=float, default=1.0, help="noise amplitude M")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", action="store_true", help="print {system: {si_sdr, pesq, estoi}} as JSON")
+    e.add_argument("--json", action="store_true",
+                   help="print {system: {si_sdr, pesq, estoi}} as JSON (with --by: {\"all\": …, KEY: {value: {n, systems}}})")
+    e.add_argument("--by", default=None, metavar="KEY",
+                   help="also report the means per value of this utterance metadata key (embedded corpus: noise_type, voice, …)")
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export", help="write the EMA weights of a training run as a model directory")

@@ -460,3 +460,26 @@ def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
     for system in ("noisy", "predictor"):  # equal up to float noise of a second compilation
         assert ald[system] == pytest.approx(table[system], rel=1e-6)
     assert ald["storm"]["si_sdr"] != pytest.approx(table["storm"]["si_sdr"], rel=1e-4)
+    # --by KEY: means per value of an utterance metadata key, next to the overall means
+    assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--json", "--by", "clean_path"]) == 0
+    by = json.loads(capsys.readouterr().out)
+    (group,) = by["clean_path"].values()
+    assert set(by) == {"all", "clean_path"} and group["n"] == 1
+    for system in table:  # one utterance: its group's means are the overall means
+        assert by["all"][system] == pytest.approx(table[system], rel=1e-5) == group["systems"][system]
+    assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--by", "noise_type"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'noise_type' for 1 utterance" in err and "clean_path" in err
+
+
+def test_summarize_groups_by_hand():
+    from storm_jax.evaluation import format_group_table, summarize_groups
+
+    per = {"predictor": {"pesq": np.array([1.0, 2.0, 4.0]), "si_sdr": np.array([3.0, 5.0, 7.0]), "estoi": np.array([0.1, 0.2, 0.3])}}
+    g = summarize_groups(per, ["hum", "white", "hum"])
+    assert list(g) == ["hum", "white"] and g["hum"]["n"] == 2 and g["white"]["n"] == 1
+    assert g["hum"]["systems"]["predictor"] == pytest.approx({"pesq": 2.5, "si_sdr": 5.0, "estoi": 0.2})
+    assert g["white"]["systems"]["predictor"] == pytest.approx({"pesq": 2.0, "si_sdr": 5.0, "estoi": 0.2})
+    assert "| hum | 2 | predictor | 5.00 | 2.500 | 0.200 |" in format_group_table(g, "noise_type")
+    with pytest.raises(ValueError, match="2 labels for 3 utterances"):
+        summarize_groups(per, ["hum", "white"])
