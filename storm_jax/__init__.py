@@ -20,7 +20,7 @@ from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
 from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixture, enhance_waveform, mix, spec_shape
 from .sampling import Draws, SamplerConfig, make_draws, sample, sample_with_score, time_grid
 from .sde import OUVE
-from .train import MODES, CheckpointMismatch, TrainConfig, TrainingDiverged, export_ema_model, storm_loss, train, train_step
+from .train import MODES, CheckpointMismatch, TrainConfig, TrainingDiverged, export_ema_model, saved_steps, storm_loss, train, train_step
 from .evaluation import evaluate_dataset
 
 __version__ = "0.1.0"
@@ -59,6 +59,7 @@ __all__ = [
     "TrainingDiverged",
     "evaluate_dataset",
     "export_ema_model",
+    "saved_steps",
     "pretrained_path",
     "storm_loss",
     "train",

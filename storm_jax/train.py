@@ -79,6 +79,7 @@ __all__ = [
     "train",
     "load_training_checkpoint",
     "export_ema_model",
+    "saved_steps",
 ]
 
 MODES = ("joint", "freeze-predictor", "predictor-only", "score-only")
@@ -576,13 +577,50 @@ def _config_from_dict(d: dict) -> TrainConfig:
     return TrainConfig(model=model, **{k: v for k, v in d.items() if k in names})
 
 
-def export_ema_model(out: str | os.PathLike, dest: str | os.PathLike, step: int | None = None) -> Path:
+def export_ema_model(out: str | os.PathLike, dest: str | os.PathLike, step: int | None = None,
+                     average_from: int | None = None) -> Path:
     """Write the EMA weights of a run's checkpoint as a model directory
-    (:func:`storm_jax.checkpoints.save_model`), the weights the reference evaluates with."""
+    (:func:`storm_jax.checkpoints.save_model`), the weights the reference evaluates with.
+
+    With ``average_from = a`` the weights are instead the uniform average of the EMA weights of
+    every *saved* checkpoint ``s_k`` with ``a ≤ s_k ≤ step`` (``step``: latest by default),
+    ``θ̄ = (1/K)·Σ_k θ_EMA(s_k)`` — checkpoint averaging (Polyak–Ruppert; SWA, Izmailov et al.
+    2018) over a longer window than the EMA's ``1/(1 − decay)`` steps. The sum runs in float64.
+    Networks a mode keeps frozen are constant across checkpoints, so their average is exact.
+    """
     from .checkpoints import save_model
 
-    config, state, _ = load_training_checkpoint(out, step)
-    return save_model(StormModel(config=model_config_for(config), params=state.ema["params"]), dest)
+    if average_from is None:
+        config, state, _ = load_training_checkpoint(out, step)
+        return save_model(StormModel(config=model_config_for(config), params=state.ema["params"]), dest)
+    saved = saved_steps(out)
+    last = saved[-1] if step is None else step
+    if step is not None and step not in saved:
+        raise FileNotFoundError(f"{out}: no checkpoint at step {step} (saved: {saved})")
+    window = [s for s in saved if average_from <= s <= last]
+    if not window:
+        raise ValueError(f"{out}: no saved checkpoint between steps {average_from} and {last} (saved: {saved})")
+    total = None
+    for s in window:
+        config, state, _ = load_training_checkpoint(out, s)
+        p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), state.ema["params"])
+        total = p if total is None else jax.tree_util.tree_map(np.add, total, p)
+    mean = jax.tree_util.tree_map(lambda a, ref: (a / len(window)).astype(np.asarray(ref).dtype), total, state.ema["params"])
+    return save_model(StormModel(config=model_config_for(config), params=mean), dest)
+
+
+def saved_steps(out: str | os.PathLike) -> list[int]:
+    """The steps of a run directory's saved checkpoints, ascending."""
+    out = Path(out).absolute()
+    if not (out / "train_config.json").is_file():
+        raise FileNotFoundError(f"{out}: not a storm-jax training directory (no train_config.json)")
+    config = _config_from_dict(json.loads((out / "train_config.json").read_text()))
+    mngr = _manager(out, config.keep)
+    steps = sorted(int(s) for s in mngr.all_steps())
+    mngr.close()
+    if not steps:
+        raise FileNotFoundError(f"{out}: no checkpoint saved yet")
+    return steps
 
 
 # ------------------------------------------------------------------------------------ train

@@ -60,8 +60,9 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from .train import export_ema_model
 
-    path = export_ema_model(args.run, args.dest, args.step)
-    print(f"exported the EMA weights of {args.run} to {path}")
+    path = export_ema_model(args.run, args.dest, args.step, average_from=args.average_from)
+    what = "the EMA weights" if args.average_from is None else f"the mean EMA weights of the checkpoints from step {args.average_from}"
+    print(f"exported {what} of {args.run} to {path}")
     return 0
 
 
@@ -162,4 +163,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.add_argument("run", help="run directory of storm-jax train")
     x.add_argument("dest", help="model directory to write")
     x.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    x.add_argument("--average-from", type=int, default=None, metavar="STEP",
+                   help="average the EMA weights of every saved checkpoint from STEP up to --step (checkpoint averaging)")
     x.set_defaults(func=cmd_export)

@@ -193,6 +193,35 @@ def test_resume_equals_uninterrupted_bit_identical(tmp_path, dataset):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_export_averages_the_ema_weights_of_saved_checkpoints(tmp_path, dataset, capsys):
+    """``average_from``: the exported weights are the float64 mean of the EMA weights of every
+    saved checkpoint in the window (here steps 2, 3, 4), cast back to float32; a window with no
+    checkpoint or an unsaved ``step`` is refused, naming the saved steps."""
+    from storm_jax.cli import main
+
+    cfg = dataclasses.replace(CFG, ckpt_every=1, keep=10)
+    train(cfg, tmp_path / "run", dataset)
+    assert storm_jax.saved_steps(tmp_path / "run") == [1, 2, 3, 4]
+    emas = [load_training_checkpoint(tmp_path / "run", s)[1].ema["params"] for s in (2, 3, 4)]
+    want = jax.tree_util.tree_map(lambda *a: (sum(np.asarray(x, np.float64) for x in a) / 3).astype(np.float32), *emas)
+    got = storm_jax.load_model(storm_jax.export_ema_model(tmp_path / "run", tmp_path / "avg", average_from=2)).params
+    for x, y in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(np.asarray(x), y)
+    # the average differs from the last EMA (the score network moved) and the window matters
+    last = storm_jax.load_model(storm_jax.export_ema_model(tmp_path / "run", tmp_path / "last")).params
+    assert not np.array_equal(np.asarray(jax.tree_util.tree_leaves(got["score"])[0]), np.asarray(jax.tree_util.tree_leaves(last["score"])[0]))
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "cli"), "--step", "3", "--average-from", "3"]) == 0
+    one = storm_jax.load_model(tmp_path / "cli").params
+    for x, y in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(emas[1])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "x"), "--average-from", "9"]) == 2
+    assert "no saved checkpoint between steps 9 and 4 (saved: [1, 2, 3, 4])" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "x"), "--step", "7", "--average-from", "1"]) == 2
+    assert "no checkpoint at step 7" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_ctrl_c_mid_step_saves_a_consistent_checkpoint(tmp_path, dataset, monkeypatch):
     """Ctrl-C while step 4 is being computed (its batch already drawn): the checkpoint holds
     step 3 with the data position *before* that batch, so resuming replays it exactly."""
