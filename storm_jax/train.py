@@ -551,19 +551,28 @@ def _restore(mngr, step: int, template: TrainState) -> tuple[TrainState, dict]:
     return state, dict(got["meta"])
 
 
-def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) -> tuple[TrainConfig, TrainState, dict]:
-    """``(config, state, meta)`` of a run directory's latest (or given) checkpoint."""
-    out = Path(out).absolute()
+def _open_run(out: Path) -> tuple[TrainConfig, Any]:
+    """``(config, checkpoint manager)`` of a run directory (the caller closes the manager)."""
     cfg_file = out / "train_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{out}: not a storm-jax training directory (no train_config.json)")
     config = _config_from_dict(json.loads(cfg_file.read_text()))
-    mngr = _manager(out, config.keep)
+    return config, _manager(out, config.keep)
+
+
+def _template(config: TrainConfig) -> TrainState:
+    # The template only gives the structure: never reload ``init_from`` (it may have moved).
+    return init_train_state(dataclasses.replace(config, init_from=None, init_networks=None))
+
+
+def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) -> tuple[TrainConfig, TrainState, dict]:
+    """``(config, state, meta)`` of a run directory's latest (or given) checkpoint."""
+    out = Path(out).absolute()
+    config, mngr = _open_run(out)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{out}: no checkpoint saved yet")
-    # The template only gives the structure: never reload ``init_from`` (it may have moved).
-    state, meta = _restore(mngr, step, init_train_state(dataclasses.replace(config, init_from=None, init_networks=None)))
+    state, meta = _restore(mngr, step, _template(config))
     mngr.close()
     return config, state, meta
 
@@ -593,33 +602,34 @@ def export_ema_model(out: str | os.PathLike, dest: str | os.PathLike, step: int 
     if average_from is None:
         config, state, _ = load_training_checkpoint(out, step)
         return save_model(StormModel(config=model_config_for(config), params=state.ema["params"]), dest)
-    saved = saved_steps(out)
-    last = saved[-1] if step is None else step
-    if step is not None and step not in saved:
-        raise FileNotFoundError(f"{out}: no checkpoint at step {step} (saved: {saved})")
-    window = [s for s in saved if average_from <= s <= last]
-    if not window:
-        raise ValueError(f"{out}: no saved checkpoint between steps {average_from} and {last} (saved: {saved})")
-    total = None
-    for s in window:
-        config, state, _ = load_training_checkpoint(out, s)
-        p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), state.ema["params"])
-        total = p if total is None else jax.tree_util.tree_map(np.add, total, p)
+    out = Path(out).absolute()
+    config, mngr = _open_run(out)
+    try:
+        saved = sorted(int(s) for s in mngr.all_steps())
+        if not saved:
+            raise FileNotFoundError(f"{out}: no checkpoint saved yet")
+        last = saved[-1] if step is None else step
+        if step is not None and step not in saved:
+            raise FileNotFoundError(f"{out}: no checkpoint at step {step} (saved: {saved})")
+        window = [s for s in saved if average_from <= s <= last]
+        if not window:
+            raise ValueError(f"{out}: no saved checkpoint between steps {average_from} and {last} (saved: {saved})")
+        template, total = _template(config), None
+        for s in window:
+            state, _ = _restore(mngr, s, template)
+            p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), state.ema["params"])
+            total = p if total is None else jax.tree_util.tree_map(np.add, total, p)
+    finally:
+        mngr.close()
     mean = jax.tree_util.tree_map(lambda a, ref: (a / len(window)).astype(np.asarray(ref).dtype), total, state.ema["params"])
     return save_model(StormModel(config=model_config_for(config), params=mean), dest)
 
 
 def saved_steps(out: str | os.PathLike) -> list[int]:
-    """The steps of a run directory's saved checkpoints, ascending."""
-    out = Path(out).absolute()
-    if not (out / "train_config.json").is_file():
-        raise FileNotFoundError(f"{out}: not a storm-jax training directory (no train_config.json)")
-    config = _config_from_dict(json.loads((out / "train_config.json").read_text()))
-    mngr = _manager(out, config.keep)
+    """The steps of a run directory's saved checkpoints, ascending (empty before the first save)."""
+    config, mngr = _open_run(Path(out).absolute())
     steps = sorted(int(s) for s in mngr.all_steps())
     mngr.close()
-    if not steps:
-        raise FileNotFoundError(f"{out}: no checkpoint saved yet")
     return steps
 
 
