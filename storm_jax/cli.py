@@ -13,6 +13,17 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def _enhance_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     """(file, output name relative to the output folder) for files, folders and list files."""
     from .audio_io import AUDIO_SUFFIXES, list_audio
@@ -47,6 +58,7 @@ def cmd_enhance(args) -> int:
     rate = model.config.spec.sample_rate
     config = EnhanceConfig(
         sampler=SamplerConfig(steps=args.steps, corrector=args.corrector, snr=args.snr, grid=args.grid),
+        samples=args.samples,
     )
     out_dir = Path(args.output)
     failures: list[str] = []
@@ -207,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--corrector", choices=("none", "ald"), default="none")
     e.add_argument("--snr", type=float, default=0.5, help="ALD corrector snr")
     e.add_argument("--grid", choices=("reference", "consistent"), default="reference")
+    e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
+                   help="write the mean of K reverse-process samples (default 1: one sample, the reference)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -36,12 +36,12 @@ def _systems(model: StormModel) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _outputs(model: StormModel, y: np.ndarray, key, sampler: SamplerConfig, systems) -> dict[str, np.ndarray]:
+def _outputs(model: StormModel, y: np.ndarray, key, sampler: SamplerConfig, systems, samples: int = 1) -> dict[str, np.ndarray]:
     res = {"noisy": np.asarray(y)}
     if "predictor" in systems:
         res["predictor"] = enhance(model, y, key, config=EnhanceConfig(predictor_only=True))
     if "storm" in systems:
-        res["storm"] = enhance(model, y, key, config=EnhanceConfig(sampler=sampler))
+        res["storm"] = enhance(model, y, key, config=EnhanceConfig(sampler=sampler, samples=samples))
     return res
 
 
@@ -84,12 +84,14 @@ def _bucket(n: int, hop: int) -> int:
 
 def evaluate_dataset(model: StormModel, dataset: PairDataset, m: float = 1.0, limit: int | None = None, steps: int = 30,
                      seed: int = 0, progress: bool = False, sampler: SamplerConfig | None = None,
-                     ) -> dict[str, dict[str, np.ndarray]]:
+                     samples: int = 1) -> dict[str, dict[str, np.ndarray]]:
     """Per-utterance metrics ``{system: {si_sdr, pesq, estoi}}`` (arrays of length K) of the first
     ``limit`` utterances of ``dataset`` mixed at amplitude ``m``; utterance ``i`` uses the key
     ``fold_in(key(seed), i)`` for the reverse process. ``sampler`` (default
     ``SamplerConfig(steps=steps)``, the reference ``enhance()`` setting) sets the reverse process,
-    e.g. ``SamplerConfig(steps=50, corrector="ald")`` for the reference ``enhancement.py``."""
+    e.g. ``SamplerConfig(steps=50, corrector="ald")`` for the reference ``enhancement.py``.
+    ``samples`` K > 1 scores the mean of K reverse-process outputs as the StoRM system
+    (:class:`~storm_jax.pipeline.EnhanceConfig`)."""
     from tqdm import tqdm
 
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
@@ -105,7 +107,7 @@ def evaluate_dataset(model: StormModel, dataset: PairDataset, m: float = 1.0, li
         y = u.noisy(m).astype(np.float32)
         L = y.size
         yp = np.pad(y, (0, _bucket(L, hop) - L))
-        outs = _outputs(model, yp, jax.random.fold_in(jax.random.key(seed), i), sampler, systems)
+        outs = _outputs(model, yp, jax.random.fold_in(jax.random.key(seed), i), sampler, systems, samples)
         for s in systems:
             est = outs[s][:L] if s != "noisy" else y
             met = enhancement_metrics(est, u.clean, rate=rate)

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli import _positive_int
+
 __all__ = ["add_commands"]
 
 
@@ -86,7 +88,8 @@ def cmd_evaluate(args) -> int:
     from .sampling import SamplerConfig
 
     sampler = SamplerConfig(steps=args.steps, corrector=args.corrector, corrector_steps=args.corrector_steps, snr=args.snr)
-    per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, seed=args.seed, progress=not args.json, sampler=sampler)
+    per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, seed=args.seed, progress=not args.json, sampler=sampler,
+                           samples=args.samples)
     summary = summarize(per)
     groups = summarize_groups(per, labels) if labels is not None else None
     if args.json:
@@ -94,7 +97,8 @@ def cmd_evaluate(args) -> int:
     else:
         n = len(next(iter(next(iter(per.values())).values())))
         corr = "no corrector" if args.corrector == "none" else f"{args.corrector} corrector (snr {args.snr}, {args.corrector_steps} per step)"
-        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps, {corr}")
+        avg = "" if args.samples == 1 else f", StoRM = mean of {args.samples} samples"
+        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps, {corr}{avg}")
         print(format_table(summary))
         if groups is not None:
             print()
@@ -152,6 +156,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--corrector-steps", type=int, default=1)
     e.add_argument("--snr", type=float, default=0.5, help="ALD step-size ratio")
     e.add_argument("--m", type=float, default=1.0, help="noise amplitude M")
+    e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
+                   help="score the mean of K reverse-process samples as StoRM (default 1: one sample, the reference)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true",
                    help="print {system: {si_sdr, pesq, estoi}} as JSON (with --by: {\"all\": …, KEY: {value: {n, systems}}})")

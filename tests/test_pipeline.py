@@ -93,3 +93,25 @@ def test_spectral_domain_is_reference_order(tiny, signals):
     np.testing.assert_allclose(out.Y, Y, rtol=1e-6, atol=1e-7)
     wav = nu * sj.istft(sj.decompress(out.spec, 0.5, 0.15), L)
     np.testing.assert_allclose(out.waveform, wav, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_of_samples(tiny, signals):
+    """EnhanceConfig(samples=K): ŝ = (1/K)·Σ_k ŝ_k with sample k on key fold_in(key, k) (k ≥ 1)."""
+    clean, noise = signals
+    y = np.asarray(clean + noise)
+    key = jax.random.key(9)
+    one = [sj.enhance(tiny, y, key if k == 0 else jax.random.fold_in(key, k), config=CFG) for k in range(3)]
+    three = sj.enhance(tiny, y, key, config=dataclasses.replace(CFG, samples=3))
+    np.testing.assert_allclose(three, np.mean(one, axis=0), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(sj.enhance(tiny, y, key, config=dataclasses.replace(CFG, samples=1)), one[0])
+    # the samples differ, so the mean is not any one of them
+    dev = [float(np.sum((o - three) ** 2)) for o in one]
+    assert min(dev) > 0
+    # the predictor is deterministic: nothing to average
+    pcfg = dataclasses.replace(CFG, predictor_only=True)
+    np.testing.assert_array_equal(sj.enhance(tiny, y, key, config=dataclasses.replace(pcfg, samples=4)), sj.enhance(tiny, y, key, config=pcfg))
+    with pytest.raises(ValueError, match="one noise path"):
+        sj.enhance_waveform(tiny, y, sj.draws_for(tiny, L, key, CFG.sampler), dataclasses.replace(CFG, samples=2))
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="samples must be a positive integer"):
+            sj.EnhanceConfig(samples=bad)

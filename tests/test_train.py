@@ -489,6 +489,12 @@ def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
     for system in ("noisy", "predictor"):  # equal up to float noise of a second compilation
         assert ald[system] == pytest.approx(table[system], rel=1e-6)
     assert ald["storm"]["si_sdr"] != pytest.approx(table["storm"]["si_sdr"], rel=1e-4)
+    # --samples K: StoRM is the mean of K reverse-process samples; the other rows stay
+    assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--samples", "2", "--json"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    for system in ("noisy", "predictor"):
+        assert two[system] == pytest.approx(table[system], rel=1e-6)
+    assert two["storm"]["si_sdr"] != pytest.approx(table["storm"]["si_sdr"], rel=1e-4)
     # --by KEY: means per value of an utterance metadata key, next to the overall means
     assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--json", "--by", "clean_path"]) == 0
     by = json.loads(capsys.readouterr().out)
