@@ -560,6 +560,10 @@ def _open_run(out: Path) -> tuple[TrainConfig, Any]:
     return config, _manager(out, config.keep)
 
 
+def _saved(mngr) -> list[int]:
+    return sorted(int(s) for s in mngr.all_steps())
+
+
 def _template(config: TrainConfig) -> TrainState:
     # The template only gives the structure: never reload ``init_from`` (it may have moved).
     return init_train_state(dataclasses.replace(config, init_from=None, init_networks=None))
@@ -569,11 +573,13 @@ def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) ->
     """``(config, state, meta)`` of a run directory's latest (or given) checkpoint."""
     out = Path(out).absolute()
     config, mngr = _open_run(out)
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{out}: no checkpoint saved yet")
-    state, meta = _restore(mngr, step, _template(config))
-    mngr.close()
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{out}: no checkpoint saved yet")
+        state, meta = _restore(mngr, step, _template(config))
+    finally:
+        mngr.close()
     return config, state, meta
 
 
@@ -605,7 +611,7 @@ def export_ema_model(out: str | os.PathLike, dest: str | os.PathLike, step: int 
     out = Path(out).absolute()
     config, mngr = _open_run(out)
     try:
-        saved = sorted(int(s) for s in mngr.all_steps())
+        saved = _saved(mngr)
         if not saved:
             raise FileNotFoundError(f"{out}: no checkpoint saved yet")
         last = saved[-1] if step is None else step
@@ -627,10 +633,11 @@ def export_ema_model(out: str | os.PathLike, dest: str | os.PathLike, step: int 
 
 def saved_steps(out: str | os.PathLike) -> list[int]:
     """The steps of a run directory's saved checkpoints, ascending (empty before the first save)."""
-    config, mngr = _open_run(Path(out).absolute())
-    steps = sorted(int(s) for s in mngr.all_steps())
-    mngr.close()
-    return steps
+    _, mngr = _open_run(Path(out).absolute())
+    try:
+        return _saved(mngr)
+    finally:
+        mngr.close()
 
 
 # ------------------------------------------------------------------------------------ train
