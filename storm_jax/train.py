@@ -26,7 +26,9 @@ Modes (reference names in brackets):
     ``ScoreModel`` (SGMSE+): the attractor is Y itself, ``μ = e^{−θt}·X + (1 − e^{−θt})·Y``,
     the score sees ``[x_t, Y]`` (``condition="noisy"``), ``L = mean_b ½·Σ|σ·s + z|²``.
 
-Optimiser: Adam (lr 1e-4, PyTorch defaults β = (0.9, 0.999), ε = 1e-8). EMA: after every
+Optimiser: Adam (lr 1e-4, PyTorch defaults β = (0.9, 0.999), ε = 1e-8), at a constant learning rate
+as the reference, or (``lr_warmup``, ``lr_decay``) warmed up linearly from 0 and then cosine-decayed
+to 0 — a schedule the reference does not have, meant for fine-tuning from a plateau. EMA: after every
 optimiser step ``ema ← ema − (1 − d)·(ema − θ)`` with ``d = min(decay, (1 + n)/(10 + n))``, n the
 number of updates so far (``torch_ema.ExponentialMovingAverage``, ``use_num_updates=True``).
 
@@ -120,7 +122,14 @@ class TrainConfig:
             mode by :func:`model_config_for` (predictor-only: no score network; score-only: no
             predictor, ``condition="noisy"``).
         mode: one of :data:`MODES` (reference names are accepted too).
-        lr: Adam learning rate (reference 1e-4).
+        lr: Adam learning rate (reference 1e-4); the peak rate when a schedule is set.
+        lr_warmup, lr_decay: learning-rate schedule, counted in the steps that train each network
+            (a network's own Adam step count, so in ``freeze-predictor`` mode with
+            ``predictor_steps`` the score network's schedule starts when it starts training):
+            ``lr·k/W`` for the first ``W = lr_warmup`` steps, then ``lr·½(1 + cos(π·j/D))`` over
+            the next ``D = lr_decay`` steps (``j`` steps after the warm-up), then 0. Both 0
+            (default): constant ``lr``, the reference. ``lr_warmup`` alone warms up to a
+            constant ``lr``.
         ema_decay: parameter EMA decay (reference 0.999).
         weighting: ``a`` in ``L = a·L_pred + (1 − a)·L_score`` (reference 0.5).
         batch_size, frames: examples per batch and STFT frames per crop (reference 8, 256);
@@ -175,6 +184,8 @@ class TrainConfig:
     progress: bool = True
     init_from: str | None = None
     init_networks: tuple[str, ...] | None = None
+    lr_warmup: int = 0
+    lr_decay: int = 0
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -199,6 +210,10 @@ class TrainConfig:
                 problems.append(f"{name}={v} must be a multiple of {mult} (2^(levels-1) of the deeper network)")
         if self.predictor_steps and mode != "freeze-predictor":
             problems.append(f"predictor_steps={self.predictor_steps} needs mode='freeze-predictor'")
+        for name in ("lr_warmup", "lr_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 0:
+                problems.append(f"{name} must be an integer >= 0, got {v!r}")
         if not isinstance(self.predictor_steps, (int, np.integer)) or self.predictor_steps < 0:
             problems.append(f"predictor_steps must be an integer >= 0, got {self.predictor_steps!r}")
         if self.init_networks is not None:
@@ -341,9 +356,20 @@ class TrainState:
     key: Array
 
 
+def learning_rate(config) -> float | optax.Schedule:
+    """The learning rate of :class:`TrainConfig` ``config`` (or a :class:`StepSpec`): ``lr``, or the
+    schedule of step count k (a network's own Adam count) ``lr·k/W`` for ``k < W = lr_warmup``,
+    then ``lr·½(1 + cos(π·min(k − W, D)/D))`` with ``D = lr_decay``."""
+    if not (config.lr_warmup or config.lr_decay):
+        return config.lr
+    if not config.lr_decay:
+        return optax.linear_schedule(0.0, config.lr, config.lr_warmup)
+    return optax.warmup_cosine_decay_schedule(0.0, config.lr, config.lr_warmup, config.lr_warmup + config.lr_decay, 0.0)
+
+
 def _optimizer(config) -> optax.GradientTransformation:
-    """Adam with the PyTorch defaults (β₁ 0.9, β₂ 0.999, ε 1e-8)."""
-    return optax.adam(config.lr, b1=0.9, b2=0.999, eps=1e-8)
+    """Adam with the PyTorch defaults (β₁ 0.9, β₂ 0.999, ε 1e-8) at :func:`learning_rate`."""
+    return optax.adam(learning_rate(config), b1=0.9, b2=0.999, eps=1e-8)
 
 
 def init_train_state(config: TrainConfig) -> TrainState:
@@ -375,6 +401,8 @@ class StepSpec:
     lr: float
     ema_decay: float
     weighting: float
+    lr_warmup: int = 0
+    lr_decay: int = 0
 
     @classmethod
     def of(cls, config: TrainConfig, step: int | None = None) -> "StepSpec":
@@ -383,7 +411,8 @@ class StepSpec:
         mode = config.mode
         if mode == "freeze-predictor" and step is not None and step < config.predictor_steps:
             mode = "predictor-stage"
-        return cls(model_config_for(config), mode, config.lr, config.ema_decay, config.weighting)
+        return cls(model_config_for(config), mode, config.lr, config.ema_decay, config.weighting,
+                   config.lr_warmup, config.lr_decay)
 
 
 def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
@@ -470,6 +499,9 @@ def _fingerprint_dict(config: TrainConfig, data_fp: str, init_digest: str | None
     d["data"] = data_fp
     if d.get("init_networks") is None:
         d.pop("init_networks", None)  # as before init_networks existed
+    for k in ("lr_warmup", "lr_decay"):
+        if not d.get(k):
+            d.pop(k, None)  # constant-rate runs keep the fingerprint they had before schedules existed
     if d.get("init_from") is None:
         d.pop("init_from", None)  # runs from a fresh initialisation keep their old fingerprint
     else:

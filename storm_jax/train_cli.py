@@ -34,6 +34,7 @@ def cmd_train(args) -> int:
         steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
         init_from=init_from, init_networks=tuple(args.init_networks) if args.init_networks else None,
+        lr_warmup=args.lr_warmup, lr_decay=args.lr_decay,
     )
     data = "embedded" if args.data == "embedded" else args.data
     try:
@@ -124,6 +125,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--predictor-steps", type=int, default=0,
                    help="freeze-predictor mode: train the predictor alone for this many steps first (two-stage recipe)")
     t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--lr-warmup", type=int, default=0, metavar="W",
+                   help="warm the learning rate up linearly from 0 over W steps (default 0: none)")
+    t.add_argument("--lr-decay", type=int, default=0, metavar="D",
+                   help="then decay it to 0 along a cosine over D steps (default 0: constant, the reference)")
     t.add_argument("--ema-decay", type=float, default=0.999)
     t.add_argument("--weighting", type=float, default=0.5)
     t.add_argument("--batch-size", type=int, default=8)

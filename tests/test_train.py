@@ -30,6 +30,7 @@ from storm_jax.train import (
     ema_init,
     ema_update,
     init_train_state,
+    learning_rate,
     load_training_checkpoint,
     model_config_for,
     spectrograms,
@@ -286,6 +287,35 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, dataset, monkey
     assert "diverged" in (tmp_path / "run" / "log.jsonl").read_text()
 
 
+def test_learning_rate_schedule_counts_each_networks_own_steps():
+    """Warm-up ``lr·k/W`` then ``lr·½(1 + cos(π·j/D))`` down to 0, in each network's own step count:
+    a step at rate 0 leaves the network bit-identical, the next one moves it."""
+    assert learning_rate(CFG) == CFG.lr  # the reference: constant
+    cfg = dataclasses.replace(CFG, mode="freeze-predictor", predictor_steps=1, lr=1e-3, lr_warmup=2, lr_decay=4)
+    lr = learning_rate(cfg)
+    expected = [0.0, 5e-4, 1e-3] + [1e-3 * 0.5 * (1 + math.cos(math.pi * j / 4)) for j in (1, 2, 3)] + [0.0, 0.0]
+    np.testing.assert_allclose([float(lr(k)) for k in range(8)], expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose([float(learning_rate(dataclasses.replace(cfg, lr_decay=0))(k)) for k in (1, 2, 9)],
+                               [5e-4, 1e-3, 1e-3], rtol=1e-6)
+
+    def unchanged(a, b):
+        return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda u, v: bool(jnp.array_equal(u, v)), a, b)))
+
+    r = np.random.default_rng(3)
+    clean = jnp.asarray(0.3 * r.standard_normal((2, 31 * HOP)), jnp.float32)
+    states = [init_train_state(cfg)]
+    for k in range(3):  # step 0 trains the predictor (its count 0), steps 1, 2 the score network (its counts 0, 1)
+        states.append(train_step(StepSpec.of(cfg, k), states[-1], clean, clean + 0.05)[0])
+    p = [s.params for s in states]
+    assert unchanged(p[0], p[1]) and unchanged(p[1], p[2])  # rate 0 at each network's first step
+    assert unchanged(p[2]["predictor"], p[3]["predictor"]) and not unchanged(p[2]["score"], p[3]["score"])
+    with pytest.raises(ValueError, match="lr_decay must be an integer >= 0"):
+        dataclasses.replace(cfg, lr_decay=-1)
+    # constant-rate runs keep the fingerprint they had before schedules existed; a schedule is part of it
+    assert "lr_decay" not in train_mod._fingerprint_dict(CFG, "d")
+    assert train_mod._fingerprint_dict(cfg, "d")["lr_decay"] == 4
+
+
 def test_checkpoint_of_a_different_config_is_refused(tmp_path, dataset):
     cfg = dataclasses.replace(CFG, steps=1)
     train(cfg, tmp_path / "run", dataset)
@@ -449,10 +479,13 @@ def test_cli_train_sde_options(tmp_path, capsys):
     assert main(bad) == 2 and "sigma_min < sigma_max" in capsys.readouterr().err
     assert not out.exists()
     args = ["train", "--data", str(root), "--out", str(out), "--quiet", "--steps", "0", "--batch-size", "2", "--frames", "32",
-            "--val-every", "-1", "--theta", "2", "--sigma-min", "0.04", "--sigma-max", "0.25", "--t-eps", "0.05"]
+            "--val-every", "-1", "--theta", "2", "--sigma-min", "0.04", "--sigma-max", "0.25", "--t-eps", "0.05",
+            "--lr-warmup", "3", "--lr-decay", "7"]
     assert main(args) == 0
-    sde = json.loads((out / "train_config.json").read_text())["model"]["sde"]
+    saved = json.loads((out / "train_config.json").read_text())
+    sde = saved["model"]["sde"]
     assert (sde["theta"], sde["sigma_min"], sde["sigma_max"], sde["t_eps"]) == (2.0, 0.04, 0.25, 0.05)
+    assert (saved["lr_warmup"], saved["lr_decay"]) == (3, 7)
 
 
 # ------------------------------------------------------------------------- shipped model
