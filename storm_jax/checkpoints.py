@@ -37,6 +37,8 @@ def config_to_dict(config: StormConfig) -> dict:
     d = dataclasses.asdict(config)
     if d["score_backbone"] is None:
         del d["score_backbone"]  # one backbone: the files of older versions, unchanged
+    if d["score_symmetry"] == "none":
+        del d["score_symmetry"]  # the reference's plain score: files and run fingerprints as before
     d["format"] = _FORMAT
     return d
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .model import SCORE_SYMMETRIES
+
 __all__ = ["main"]
 
 
@@ -55,6 +57,8 @@ def cmd_enhance(args) -> int:
         print("storm-jax enhance: no audio files found in the given inputs", file=sys.stderr)
         return 2
     model = resolve_model(args.checkpoint)
+    if args.score_symmetry is not None:
+        model = model.with_score_symmetry(args.score_symmetry)
     rate = model.config.spec.sample_rate
     config = EnhanceConfig(
         sampler=SamplerConfig(steps=args.steps, corrector=args.corrector, snr=args.snr, grid=args.grid),
@@ -221,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", choices=("reference", "consistent"), default="reference")
     e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
                    help="write the mean of K reverse-process samples (default 1: one sample, the reference)")
+    e.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
+                   help="sign: use the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (default: the model's setting)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -27,9 +27,10 @@ from .audio import SpecConfig
 from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "CONDITIONS", "storm_config"]
+__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
+SCORE_SYMMETRIES = ("none", "sign")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,9 @@ class StormConfig:
         score_backbone: NCSN++ settings of the score network when it differs from the predictor's
             (the reference builds the two from separate ``backbone_denoiser`` /
             ``backbone_score`` names); ``None``: the same as ``backbone``.
+        score_symmetry: ``none`` (the reference) or ``sign``: the score is the network's odd
+            part in its inputs, ``½[s_θ(x, t, Y, C) − s_θ(−x, t, −Y, −C)]`` (see :func:`score`);
+            not in the reference, two network evaluations per score.
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -57,10 +61,13 @@ class StormConfig:
     has_predictor: bool = True
     has_score: bool = True
     score_backbone: NCSNppConfig | None = None
+    score_symmetry: Literal["none", "sign"] = "none"
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
             raise ValueError(f"unknown condition {self.condition!r}; choose one of {CONDITIONS}")
+        if self.score_symmetry not in SCORE_SYMMETRIES:
+            raise ValueError(f"unknown score_symmetry {self.score_symmetry!r}; choose one of {SCORE_SYMMETRIES}")
         if not (self.has_predictor or self.has_score):
             raise ValueError("a StoRM model needs a predictor, a score network, or both")
         if self.condition in ("both", "predictor") and self.has_score and not self.has_predictor:
@@ -109,6 +116,10 @@ class StormModel:
         """The same model with every floating parameter cast to ``dtype`` (e.g. float64)."""
         cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
         return self.replace(params=jax.tree_util.tree_map(cast, self.params))
+
+    def with_score_symmetry(self, symmetry: str) -> "StormModel":
+        """The same weights with ``config.score_symmetry = symmetry`` (``none`` or ``sign``)."""
+        return self.replace(config=dataclasses.replace(self.config, score_symmetry=symmetry))
 
 
 def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32) -> StormModel:
@@ -189,7 +200,15 @@ def score(
 ) -> Complex[Array, "*batch F T"]:
     """Score ``s_θ(x, t, Y, C) = −net(cat[x, conditions], t)`` (no division by σ; reference
     ``forward_score``). ``t`` is a scalar or has the batch shape of ``x``. Inputs that the
-    condition mode does not use may be ``None``."""
+    condition mode does not use may be ``None``.
+
+    With ``config.score_symmetry == "sign"`` it returns the odd part
+    ``½[s_θ(x, t, Y, C) − s_θ(−x, t, −Y, −C)]`` (both halves in one network call). When the data
+    are polarity-symmetric, ``p(X | Y) = p(−X | −Y)``, the true score of the StoRM forward process
+    ``x_t = e^{−θt}X + (1 − e^{−θt})C + σ(t)z`` is odd in ``(x, Y, C)`` jointly, so this
+    projection removes the even part of the network's error without changing its target (a
+    two-member ensemble by symmetry; C enters as an input, the predictor itself need not be odd).
+    """
     if model.params.get("score") is None:
         raise ValueError("this model has no score network (predictor-only model)")
     x = jnp.asarray(x)
@@ -201,5 +220,11 @@ def score(
     flat, lead = _flatten(stacked, 3)
     rdt = jnp.real(x).dtype
     tb = jnp.broadcast_to(jnp.asarray(t, rdt), lead).reshape(-1)
-    out = NCSNpp(model.config.score_net()).apply({"params": model.params["score"]}, flat, tb)
+    net = lambda v, tt: NCSNpp(model.config.score_net()).apply({"params": model.params["score"]}, v, tt)
+    if model.config.score_symmetry == "sign":
+        b = flat.shape[0]
+        both = net(jnp.concatenate([flat, -flat]), jnp.concatenate([tb, tb]))
+        out = 0.5 * (both[:b] - both[b:])
+    else:
+        out = net(flat, tb)
     return -out.reshape(lead + out.shape[1:])

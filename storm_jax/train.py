@@ -459,7 +459,9 @@ def _load_init(config: TrainConfig) -> dict:
     run_cfg = model_config_for(config)
     names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
-    per_network = ("has_predictor", "has_score", "backbone", "score_backbone")
+    # score_symmetry is how the score network is used, not what its weights are: fine-tuning a
+    # plain network into its odd part (or back) is allowed
+    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry")
     score_loaded = "score" in names and run_cfg.has_score
     for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .cli import _positive_int
+from .model import SCORE_SYMMETRIES
 
 __all__ = ["add_commands"]
 
@@ -20,6 +21,8 @@ def cmd_train(args) -> int:
     overrides = {}
     if args.condition:
         overrides["condition"] = args.condition
+    if args.score_symmetry:
+        overrides["score_symmetry"] = args.score_symmetry
     sde_args = {k: getattr(args, k) for k in ("theta", "sigma_min", "sigma_max", "t_eps") if getattr(args, k) is not None}
     if sde_args:
         from .sde import OUVE
@@ -75,6 +78,8 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_dataset, format_group_table, format_table, summarize, summarize_groups
 
     model = resolve_model(args.checkpoint)
+    if args.score_symmetry is not None:
+        model = model.with_score_symmetry(args.score_symmetry)
     ds = embedded_corpus(args.split, progress=False) if args.data == "embedded" else folder_dataset(args.data, args.split)
     labels = None
     if args.by:
@@ -114,6 +119,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--score-preset", default=None,
                    help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")
     t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
+    t.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
+                   help="sign: train the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (two evaluations per step)")
     t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
     t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
     t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")
@@ -163,6 +170,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--m", type=float, default=1.0, help="noise amplitude M")
     e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
                    help="score the mean of K reverse-process samples as StoRM (default 1: one sample, the reference)")
+    e.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
+                   help="sign: use the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (default: the model's setting)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true",
                    help="print {system: {si_sdr, pesq, estoi}} as JSON (with --by: {\"all\": …, KEY: {value: {n, systems}}})")

@@ -70,7 +70,13 @@ def test_enhance_downmix_and_list_file(tmp_path):
     (tmp_path / "files.txt").write_text("stereo.wav\n")
     out = tmp_path / "out"
     assert main(["enhance", str(tmp_path / "files.txt"), "-o", str(out), "--steps", "1", "--downmix", "--quiet"]) == 0
-    assert sf.read(out / "stereo.wav")[0].shape == (6000,)
+    plain = sf.read(out / "stereo.wav")[0]
+    assert plain.shape == (6000,)
+    # --score-symmetry sign: same weights, the odd part of the score network
+    assert main(["enhance", str(tmp_path / "files.txt"), "-o", str(tmp_path / "odd"), "--steps", "1", "--downmix", "--quiet",
+                 "--score-symmetry", "sign"]) == 0
+    odd = sf.read(tmp_path / "odd" / "stereo.wav")[0]
+    assert odd.shape == (6000,) and np.all(np.isfinite(odd)) and not np.allclose(odd, plain)
 
 
 def test_enhance_nothing_to_do(tmp_path, capsys):

@@ -528,6 +528,12 @@ def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
     for system in ("noisy", "predictor"):
         assert two[system] == pytest.approx(table[system], rel=1e-6)
     assert two["storm"]["si_sdr"] != pytest.approx(table["storm"]["si_sdr"], rel=1e-4)
+    # --score-symmetry sign: the odd part of the score network; the predictor row stays
+    assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--score-symmetry", "sign", "--json"]) == 0
+    odd = json.loads(capsys.readouterr().out)
+    for system in ("noisy", "predictor"):
+        assert odd[system] == pytest.approx(table[system], rel=1e-6)
+    assert odd["storm"]["si_sdr"] != pytest.approx(table["storm"]["si_sdr"], rel=1e-4)
     # --by KEY: means per value of an utterance metadata key, next to the overall means
     assert main(["evaluate", "--data", str(root), "--limit", "1", "--steps", "2", "--json", "--by", "clean_path"]) == 0
     by = json.loads(capsys.readouterr().out)
