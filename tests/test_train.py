@@ -506,6 +506,23 @@ def test_shipped_model_loads_and_enhances():
     assert resolve_model(None).config == model.config
 
 
+def test_second_shipped_model_shares_the_predictor():
+    """``pretrained:tiny-embedded-smax025``: a score network trained with σ_max = 0.25 on the
+    frozen predictor of the default shipped model, so its predictor weights are those bit for bit
+    and only the SDE and the score network differ."""
+    from storm_jax.checkpoints import resolve_model
+
+    if storm_jax.pretrained_path() is None or storm_jax.pretrained_path("tiny-embedded-smax025") is None:
+        pytest.skip("the pretrained models are not shipped in this checkout")
+    base, alt = storm_jax.load_model(), resolve_model("pretrained:tiny-embedded-smax025")
+    assert alt.config.sde.sigma_max == 0.25 and alt.config.sde.sigma_min == base.config.sde.sigma_min
+    assert alt.config.backbone == base.config.backbone and alt.config.score_symmetry == "none"
+    for a, b in zip(jax.tree_util.tree_leaves(alt.params["predictor"]), jax.tree_util.tree_leaves(base.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree_util.tree_leaves(alt.params["score"]), jax.tree_util.tree_leaves(base.params["score"])))
+
+
 def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
     if storm_jax.pretrained_path() is None:
         pytest.skip("no pretrained model shipped in this checkout")
