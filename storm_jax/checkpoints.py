@@ -86,6 +86,9 @@ def save_model(model: StormModel, path: str | os.PathLike) -> Path:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", tree)
             ckptr.wait_until_finished()
+        marker = tmp / "params" / "commit_success.txt"
+        if marker.is_file():  # orbax writes the temporary path into it; a model directory is portable
+            marker.write_text("Checkpoint commit was successful")
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
