@@ -26,6 +26,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _add_score_symmetry(parser: argparse.ArgumentParser, verb: str = "use", default: str = "the model's setting") -> None:
+    parser.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
+                        help=f"sign: {verb} the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (default: {default})")
+
+
 def _enhance_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     """(file, output name relative to the output folder) for files, folders and list files."""
     from .audio_io import AUDIO_SUFFIXES, list_audio
@@ -225,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", choices=("reference", "consistent"), default="reference")
     e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
                    help="write the mean of K reverse-process samples (default 1: one sample, the reference)")
-    e.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
-                   help="sign: use the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (default: the model's setting)")
+    _add_score_symmetry(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
