@@ -400,6 +400,12 @@ def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(ValueError, match=r"configuration differs(.|\n)*condition(.|\n)*sigma_max"):
         init_train_state(dataclasses.replace(cfg, model=other, init_networks=("predictor", "score")))
+    # score_symmetry is how the score network is used, not what its weights are: the model's plain
+    # network may start a run that trains its odd part
+    odd = init_train_state(dataclasses.replace(cfg, model=dataclasses.replace(MODEL, score_symmetry="sign"),
+                                               init_networks=("predictor", "score")))
+    for x, y in zip(jax.tree_util.tree_leaves(odd.params["score"]), jax.tree_util.tree_leaves(loaded.params["score"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # a predictor-only run has no score network: the full model's predictor serves it by default
     st = init_train_state(dataclasses.replace(cfg, model=other, mode="predictor-only", init_networks=None))
     assert st.params["score"] is None
