@@ -10,25 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from .model import SCORE_SYMMETRIES
+from ._cli_args import add_score_symmetry, positive_int
 
 __all__ = ["main"]
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _add_score_symmetry(parser: argparse.ArgumentParser, verb: str = "use", default: str = "the model's setting") -> None:
-    parser.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
-                        help=f"sign: {verb} the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (default: {default})")
 
 
 def _enhance_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -228,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--corrector", choices=("none", "ald"), default="none")
     e.add_argument("--snr", type=float, default=0.5, help="ALD corrector snr")
     e.add_argument("--grid", choices=("reference", "consistent"), default="reference")
-    e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
+    e.add_argument("--samples", type=positive_int, default=1, metavar="K",
                    help="write the mean of K reverse-process samples (default 1: one sample, the reference)")
-    _add_score_symmetry(e)
+    add_score_symmetry(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

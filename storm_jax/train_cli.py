@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import _add_score_symmetry, _positive_int
+from ._cli_args import add_score_symmetry, positive_int
 
 __all__ = ["add_commands"]
 
@@ -118,7 +118,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--score-preset", default=None,
                    help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")
     t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
-    _add_score_symmetry(t, "train", "none, the reference; sign costs two network evaluations per step")
+    add_score_symmetry(t, "train", "none, the reference; sign costs two network evaluations per step")
     t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
     t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
     t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")
@@ -166,9 +166,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--corrector-steps", type=int, default=1)
     e.add_argument("--snr", type=float, default=0.5, help="ALD step-size ratio")
     e.add_argument("--m", type=float, default=1.0, help="noise amplitude M")
-    e.add_argument("--samples", type=_positive_int, default=1, metavar="K",
+    e.add_argument("--samples", type=positive_int, default=1, metavar="K",
                    help="score the mean of K reverse-process samples as StoRM (default 1: one sample, the reference)")
-    _add_score_symmetry(e)
+    add_score_symmetry(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true",
                    help="print {system: {si_sdr, pesq, estoi}} as JSON (with --by: {\"all\": …, KEY: {value: {n, systems}}})")
