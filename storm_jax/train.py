@@ -59,7 +59,7 @@ import numpy as np
 import optax
 
 from .audio import compress, stft
-from .data import BatchConfig, BatchIterator, BatchState, DatasetError, PairDataset, data_fingerprint
+from .data import BatchConfig, BatchIterator, BatchState, PairDataset, check_batchable, data_fingerprint
 from .model import StormConfig, StormModel, init_storm, predictor, score, storm_config
 from .sampling import complex_normal
 
@@ -687,18 +687,6 @@ def _resolve_data(data, split: str) -> PairDataset:
     return folder_dataset(data, split)
 
 
-def _check_impossible(dataset: PairDataset, bc: BatchConfig, what: str) -> None:
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"{what}: the dataset {dataset.name} is empty")
-    if bc.batch_size > n:
-        raise DatasetError(f"{what}: batch_size {bc.batch_size} is larger than the dataset {dataset.name} ({n} utterances)")
-    longest = int(np.max(dataset.lengths))
-    if bc.samples > longest:
-        raise DatasetError(f"{what}: a crop of {bc.frames} frames ({bc.samples} samples) is longer than every utterance of "
-                           f"{dataset.name} (longest {longest} samples); use frames <= {longest // bc.hop + 1}")
-
-
 class _Log:
     """Append-only JSON-lines log; on resume, records after the restored step are dropped."""
 
@@ -753,10 +741,10 @@ def train(
         valid_data = data
     valid_ds = _resolve_data(valid_data, "valid") if (valid_data is not None and config.val_every >= 0) else None
     bc = config.batch_config()
-    _check_impossible(train_ds, bc, "training data")
+    check_batchable(train_ds, bc, "training data")
     if valid_ds is not None:
         vbc = _valid_batch_config(config, len(valid_ds))
-        _check_impossible(valid_ds, dataclasses.replace(vbc, batch_size=1), "validation data")
+        check_batchable(valid_ds, dataclasses.replace(vbc, batch_size=1), "validation data")
     state = init_train_state(config)  # loads and checks init_from before anything is written
     _check_writable(out)
     fp = _fingerprint_dict(config, data_fingerprint(train_ds, bc),

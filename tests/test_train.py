@@ -454,9 +454,9 @@ def test_bad_input_fails_before_any_step(tmp_path, dataset, monkeypatch):
     with pytest.raises(DatasetError) as err:
         train(CFG, out, bad)
     assert "no matching file" in str(err.value) and "unreadable audio file" in str(err.value)
-    with pytest.raises(DatasetError, match="longer than every utterance"):
+    with pytest.raises(DatasetError, match="training data: .* longer than every utterance"):
         train(dataclasses.replace(CFG, frames=64), out, dataset)                    # 64 frames = 8064 samples > 6000
-    with pytest.raises(DatasetError, match="larger than the dataset"):
+    with pytest.raises(DatasetError, match="training data: .* larger than the dataset"):
         train(dataclasses.replace(CFG, batch_size=6), out, dataset)
     blocker = tmp_path / "file"
     blocker.write_text("x")

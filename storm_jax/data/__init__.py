@@ -15,7 +15,7 @@ Modules: :mod:`.speech` (eSpeak NG), :mod:`.noise`, :mod:`.reverb` (pyroomacoust
 :mod:`.batches`, :mod:`.dataset` (the common :class:`PairDataset`).
 """
 
-from .batches import Batch, BatchConfig, BatchIterator, BatchState, batches_per_epoch, data_fingerprint, epoch_batches, make_batch
+from .batches import Batch, BatchConfig, BatchIterator, BatchState, batches_per_epoch, check_batchable, data_fingerprint, epoch_batches, make_batch
 from .corpus import SPLITS, TASKS, CorpusConfig, build_corpus, build_corpus_main, cache_root, corpus_dir, embedded_corpus, export_corpus
 from .dataset import DatasetError, PairDataset, Utterance
 from .folders import LAYOUTS, check_folder_dataset, detect_layout, folder_dataset
@@ -46,6 +46,7 @@ __all__ = [
     "build_corpus",
     "build_corpus_main",
     "cache_root",
+    "check_batchable",
     "check_folder_dataset",
     "corpus_dir",
     "data_fingerprint",

@@ -30,7 +30,7 @@ import numpy as np
 from .dataset import DatasetError, PairDataset
 from .mixing import m_for_snr, snr_db
 
-__all__ = ["BatchConfig", "BatchState", "Batch", "make_batch", "BatchIterator", "epoch_batches", "batches_per_epoch", "data_fingerprint"]
+__all__ = ["BatchConfig", "BatchState", "Batch", "make_batch", "BatchIterator", "epoch_batches", "batches_per_epoch", "check_batchable", "data_fingerprint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,16 +149,20 @@ def batches_per_epoch(n_items: int, config: BatchConfig) -> int:
     return n_items // config.batch_size if config.drop_last else -(-n_items // config.batch_size)
 
 
-def _check(dataset: PairDataset, config: BatchConfig) -> None:
+def check_batchable(dataset: PairDataset, config: BatchConfig, what: str | None = None) -> None:
+    """Raise :class:`DatasetError` naming the dataset (prefixed by ``what``, e.g. "training
+    data") when no batch can be cut: an empty dataset, ``batch_size`` above its size, or a crop
+    longer than every utterance."""
+    where = f"{what}: {dataset.name}" if what else dataset.name
     n = len(dataset)
     if n == 0:
-        raise DatasetError(f"{dataset.name}: the dataset is empty; nothing to batch")
+        raise DatasetError(f"{where}: the dataset is empty; nothing to batch")
     if config.batch_size > n:
-        raise DatasetError(f"{dataset.name}: batch_size {config.batch_size} is larger than the dataset ({n} utterances)")
+        raise DatasetError(f"{where}: batch_size {config.batch_size} is larger than the dataset ({n} utterances)")
     longest = int(np.max(dataset.lengths))
     if config.samples > longest:
         rate = dataset.rate
-        raise DatasetError(f"{dataset.name}: a crop of {config.frames} frames ({config.samples} samples, {config.samples / rate:.2f} s) "
+        raise DatasetError(f"{where}: a crop of {config.frames} frames ({config.samples} samples, {config.samples / rate:.2f} s) "
                            f"is longer than every utterance (longest {longest} samples, {longest / rate:.2f} s); "
                            f"use at most {longest // config.hop + 1} frames")
 
@@ -196,7 +200,7 @@ def _example(dataset: PairDataset, i: int, config: BatchConfig, rng: np.random.G
 
 def make_batch(dataset: PairDataset, config: BatchConfig, state: BatchState = BatchState()) -> tuple[Batch, BatchState]:
     """The batch at ``state`` and the state of the next one (pure in its arguments; module doc)."""
-    _check(dataset, config)
+    check_batchable(dataset, config)
     n = len(dataset)
     per_epoch = batches_per_epoch(n, config)
     if not (0 <= state.batch < per_epoch) or state.epoch < 0:
@@ -224,7 +228,7 @@ class BatchIterator(Iterator[Batch]):
     """
 
     def __init__(self, dataset: PairDataset, config: BatchConfig = BatchConfig(), state: BatchState = BatchState()):
-        _check(dataset, config)
+        check_batchable(dataset, config)
         per_epoch = batches_per_epoch(len(dataset), config)
         if not (0 <= state.batch < per_epoch) or state.epoch < 0:
             raise ValueError(f"BatchState {state} is outside an epoch of {per_epoch} batches")
