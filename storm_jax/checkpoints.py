@@ -39,6 +39,8 @@ def config_to_dict(config: StormConfig) -> dict:
         del d["score_backbone"]  # one backbone: the files of older versions, unchanged
     if d["score_symmetry"] == "none":
         del d["score_symmetry"]  # the reference's plain score: files and run fingerprints as before
+    if d["score_members"] == 1:
+        del d["score_members"]  # one score network, as the reference
     d["format"] = _FORMAT
     return d
 

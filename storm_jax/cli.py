@@ -1,5 +1,5 @@
 """The ``storm-jax`` command: ``demo``, ``enhance``, ``info``, ``corpus``, ``import-ckpt``,
-``export-ckpt`` (and the training commands of ``train_cli``)."""
+``export-ckpt``, ``ensemble`` (and the training commands of ``train_cli``)."""
 
 from __future__ import annotations
 
@@ -192,6 +192,19 @@ def cmd_export_ckpt(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    """Join the score networks of several models (same configuration, same predictor) into one
+    model whose score is their mean (:func:`storm_jax.model.score_ensemble`)."""
+    from .checkpoints import resolve_model, save_model
+    from .model import score_ensemble
+
+    models = [resolve_model(spec) for spec in args.models]
+    model = score_ensemble(models, names=list(args.models))
+    out = save_model(model, args.output)
+    print(f"wrote {out}: {model.config.score_members} score networks on one predictor")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storm-jax", description="Differentiable analysis of StoRM in JAX")
     sub = p.add_subparsers(dest="command", required=True)
@@ -238,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="model directory (save_model / import-ckpt)")
     x.add_argument("output", help=".ckpt file to write")
     x.set_defaults(func=cmd_export_ckpt)
+
+    n = sub.add_parser("ensemble", help="average the scores of models that share a predictor (a score-level ensemble)")
+    n.add_argument("output", help="model directory to write")
+    n.add_argument("models", nargs="+", help="model directories or pretrained[:NAME]: same configuration, same predictor")
+    n.set_defaults(func=cmd_ensemble)
 
     # `corpus` has its own parser (storm_jax.data.build_corpus_main); listed here for --help.
     sub.add_parser("corpus", help="build or locate the embedded speech corpus (storm-jax corpus --help)", add_help=False)

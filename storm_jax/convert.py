@@ -299,6 +299,9 @@ def hparams_from_config(config: StormConfig, layout: str | None = None) -> dict[
     if config.score_symmetry != "none" and config.has_score:
         raise ValueError(f"the reference has no score symmetry; a model with score_symmetry={config.score_symmetry!r} "
                          "would score differently there (write model.with_score_symmetry('none') to export its plain network)")
+    if config.score_members != 1 and config.has_score:
+        raise ValueError(f"the reference has one score network; a score ensemble of {config.score_members} members cannot be "
+                         "written in its layout (export one member: model.score_member(i))")
     b = dataclasses.asdict(config.backbone if config.has_predictor else config.score_net())  # the network it has
     backbone_kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in b.items() if k in _BACKBONE_FIELDS}
     hp: dict[str, Any] = {}

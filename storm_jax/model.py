@@ -27,7 +27,7 @@ from .audio import SpecConfig
 from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
+__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "score_ensemble", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
 SCORE_SYMMETRIES = ("none", "sign")
@@ -52,6 +52,9 @@ class StormConfig:
         score_symmetry: ``none`` (the reference) or ``sign``: the score is the network's odd
             part in its inputs, ``½[s_θ(x, t, Y, C) − s_θ(−x, t, −Y, −C)]`` (see :func:`score`);
             not in the reference, two network evaluations per score.
+        score_members: ``E ≥ 1`` score networks of one architecture whose scores are averaged,
+            ``s = (1/E)·Σ_e s_θe`` (a score-level ensemble, see :func:`score_ensemble`); their
+            parameters carry a leading axis of size ``E``. 1 (the reference): a plain tree.
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -62,12 +65,15 @@ class StormConfig:
     has_score: bool = True
     score_backbone: NCSNppConfig | None = None
     score_symmetry: Literal["none", "sign"] = "none"
+    score_members: int = 1
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
             raise ValueError(f"unknown condition {self.condition!r}; choose one of {CONDITIONS}")
         if self.score_symmetry not in SCORE_SYMMETRIES:
             raise ValueError(f"unknown score_symmetry {self.score_symmetry!r}; choose one of {SCORE_SYMMETRIES}")
+        if isinstance(self.score_members, bool) or not isinstance(self.score_members, (int, np.integer)) or self.score_members < 1:
+            raise ValueError(f"score_members must be an integer >= 1, got {self.score_members!r}")
         if not (self.has_predictor or self.has_score):
             raise ValueError("a StoRM model needs a predictor, a score network, or both")
         if self.condition in ("both", "predictor") and self.has_score and not self.has_predictor:
@@ -121,6 +127,16 @@ class StormModel:
         """The same weights with ``config.score_symmetry = symmetry`` (``none`` or ``sign``)."""
         return self.replace(config=dataclasses.replace(self.config, score_symmetry=symmetry))
 
+    def score_member(self, i: int) -> "StormModel":
+        """Member ``i`` of a score ensemble as a model of its own (``score_members = 1``)."""
+        E = self.config.score_members
+        if not 0 <= i < E:
+            raise IndexError(f"score member {i} of a model with {E} score member(s)")
+        if E == 1:
+            return self
+        one = jax.tree_util.tree_map(lambda a: a[i], self.params["score"])
+        return StormModel(config=dataclasses.replace(self.config, score_members=1), params={**self.params, "score": one})
+
 
 def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32) -> StormModel:
     """Randomly initialised StoRM model. ``config`` may also be a preset name.
@@ -139,7 +155,12 @@ def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32
     if config.has_predictor:
         params["predictor"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.predictor_net(), kp, param_dtype=np.dtype(dtype)))
     if config.has_score:
-        params["score"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.score_net(), ks, param_dtype=np.dtype(dtype)))
+        one = lambda k: jax.tree_util.tree_map(jnp.asarray, init_params(config.score_net(), k, param_dtype=np.dtype(dtype)))
+        if config.score_members == 1:
+            params["score"] = one(ks)
+        else:  # independent members from independent keys, stacked on a leading axis
+            members = [one(k) for k in jax.random.split(ks, config.score_members)]
+            params["score"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *members)
     return StormModel(config=config, params=params)
 
 
@@ -161,6 +182,9 @@ def param_shapes(config: StormConfig | str, *, dtype=jnp.float32) -> dict:
         x = jax.ShapeDtypeStruct((1, F, m, config.score_inputs), cdt)
         t = jax.ShapeDtypeStruct((1,), dtype)
         out["score"] = jax.eval_shape(NCSNpp(config.score_net()).init, key, x, t)["params"]
+        if config.score_members > 1:
+            E = config.score_members
+            out["score"] = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((E,) + a.shape, a.dtype), out["score"])
     cast = lambda a: jax.ShapeDtypeStruct(a.shape, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     return jax.tree_util.tree_map(cast, out)
 
@@ -208,6 +232,10 @@ def score(
     ``x_t = e^{−θt}X + (1 − e^{−θt})C + σ(t)z`` is odd in ``(x, Y, C)`` jointly, so this
     projection removes the even part of the network's error without changing its target (a
     two-member ensemble by symmetry; C enters as an input, the predictor itself need not be odd).
+
+    With ``config.score_members = E > 1`` it returns the mean of the ``E`` members' scores,
+    ``(1/E)·Σ_e s_θe(x, t, Y, C)`` (each member's odd part with ``sign``): independently trained
+    networks share the target and average out part of their errors (:func:`score_ensemble`).
     """
     if model.params.get("score") is None:
         raise ValueError("this model has no score network (predictor-only model)")
@@ -220,7 +248,11 @@ def score(
     flat, lead = _flatten(stacked, 3)
     rdt = jnp.real(x).dtype
     tb = jnp.broadcast_to(jnp.asarray(t, rdt), lead).reshape(-1)
-    net = lambda v, tt: NCSNpp(model.config.score_net()).apply({"params": model.params["score"]}, v, tt)
+    apply = lambda p, v, tt: NCSNpp(model.config.score_net()).apply({"params": p}, v, tt)
+    if model.config.score_members == 1:
+        net = lambda v, tt: apply(model.params["score"], v, tt)
+    else:  # score-level ensemble: the members' outputs averaged (one vmapped call)
+        net = lambda v, tt: jnp.mean(jax.vmap(apply, in_axes=(0, None, None))(model.params["score"], v, tt), axis=0)
     if model.config.score_symmetry == "sign":
         b = flat.shape[0]
         both = net(jnp.concatenate([flat, -flat]), jnp.concatenate([tb, tb]))
@@ -228,3 +260,41 @@ def score(
     else:
         out = net(flat, tb)
     return -out.reshape(lead + out.shape[1:])
+
+
+def _same_leaves(a, b) -> bool:
+    """Whether two parameter trees of one structure hold equal arrays, bit for bit."""
+    return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def score_ensemble(models: list[StormModel] | tuple[StormModel, ...], names: list[str] | None = None) -> StormModel:
+    """One model whose score is the mean of the score networks of ``models`` (each may itself be
+    an ensemble; their members are concatenated): ``s = (1/E)·Σ_e s_θe`` (:func:`score`).
+
+    The models must share everything but the score weights: the same configuration (apart from
+    ``score_members``) and the same predictor, bit for bit, so that C, the SDE and the score's
+    target are one. Typical use: networks trained from different seeds on the same frozen
+    predictor. Raises ``ValueError`` naming (by ``names``, default "model i") the first model
+    that differs and how.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("score_ensemble: no models given")
+    names = list(names) if names is not None else [f"model {i}" for i in range(len(models))]
+    if len(names) != len(models):
+        raise ValueError(f"score_ensemble: {len(names)} names for {len(models)} models")
+    first = models[0]
+    if not first.config.has_score:
+        raise ValueError(f"score_ensemble: {names[0]} has no score network")
+    base = dataclasses.replace(first.config, score_members=1)
+    for i, m in enumerate(models[1:], start=1):
+        cfg = dataclasses.replace(m.config, score_members=1)
+        if cfg != base:
+            diff = [f.name for f in dataclasses.fields(base) if getattr(cfg, f.name) != getattr(base, f.name)]
+            raise ValueError(f"score_ensemble: {names[i]} differs from {names[0]} in its configuration ({', '.join(diff)})")
+        if first.config.has_predictor and not _same_leaves(m.params["predictor"], first.params["predictor"]):
+            raise ValueError(f"score_ensemble: {names[i]} has another predictor than {names[0]} (the members must share one, bit for bit)")
+    stacks = [m.params["score"] if m.config.score_members > 1 else jax.tree_util.tree_map(lambda a: a[None], m.params["score"]) for m in models]
+    score_params = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *stacks)
+    E = sum(m.config.score_members for m in models)
+    return StormModel(config=dataclasses.replace(first.config, score_members=E), params={**first.params, "score": score_params})

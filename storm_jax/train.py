@@ -225,6 +225,9 @@ class TrainConfig:
                 problems.append("init_networks needs init_from")
         if not (math.isfinite(self.m) and self.m >= 0):
             problems.append(f"m must be finite and >= 0, got {self.m}")
+        if self.model.score_members != 1:
+            problems.append(f"model.score_members={self.model.score_members}: train each score network on its own "
+                            "(different seeds) and join them with score_ensemble / storm-jax ensemble")
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
@@ -460,14 +463,17 @@ def _load_init(config: TrainConfig) -> dict:
     names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
     # score_symmetry is how the score network is used, not what its weights are: fine-tuning a
-    # plain network into its odd part (or back) is allowed
-    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry")
+    # plain network into its odd part (or back) is allowed; an ensemble's predictor may be loaded
+    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry", "score_members")
     score_loaded = "score" in names and run_cfg.has_score
     for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)
     diff = _diff(got, want)
     if diff:
         raise ValueError(f"init_from={spec}: the model's configuration differs from the run's:\n  " + "\n  ".join(diff))
+    if "score" in names and model.config.has_score and model.config.score_members != 1:
+        raise ValueError(f"init_from={spec}: the model is an ensemble of {model.config.score_members} score networks; "
+                         "start from one member (StormModel.score_member) or load only its predictor (init_networks)")
     out: dict = {"predictor": None, "score": None}
     for name in names:
         if model.params.get(name) is None:

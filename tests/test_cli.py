@@ -1,4 +1,4 @@
-"""The `storm-jax` command: info, enhance (with every kind of bad input), demo."""
+"""The `storm-jax` command: info, enhance (with every kind of bad input), ensemble, demo."""
 
 import json
 import subprocess
@@ -77,6 +77,26 @@ def test_enhance_downmix_and_list_file(tmp_path):
                  "--score-symmetry", "sign"]) == 0
     odd = sf.read(tmp_path / "odd" / "stereo.wav")[0]
     assert odd.shape == (6000,) and np.all(np.isfinite(odd)) and not np.allclose(odd, plain)
+
+
+def test_ensemble_command(tmp_path, capsys):
+    """`storm-jax ensemble`: a model directory whose score is the members' mean; the shipped
+    network twice scores as itself (enhance output equal to rounding), and models with another
+    SDE are refused by name, nothing written."""
+    import storm_jax as sj
+
+    ens = tmp_path / "ens"
+    assert main(["ensemble", str(ens), "pretrained", "pretrained"]) == 0
+    assert sj.load_model(ens).config.score_members == 2
+    sf.write(tmp_path / "tone.wav", _tone(6000), 16000)
+    for name, ckpt in (("one", "pretrained"), ("two", str(ens))):
+        assert main(["enhance", str(tmp_path / "tone.wav"), "-o", str(tmp_path / name), "--steps", "2", "--quiet", "--checkpoint", ckpt]) == 0
+    one, two = (sf.read(tmp_path / n / "tone.wav")[0] for n in ("one", "two"))
+    np.testing.assert_allclose(two, one, atol=1e-4 * np.max(np.abs(one)))
+    capsys.readouterr()
+    assert main(["ensemble", str(tmp_path / "bad"), "pretrained", "pretrained:tiny-embedded-smax025"]) == 2
+    assert "pretrained:tiny-embedded-smax025 differs from pretrained in its configuration (sde)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_enhance_nothing_to_do(tmp_path, capsys):

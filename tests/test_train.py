@@ -406,6 +406,13 @@ def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
                                                init_networks=("predictor", "score")))
     for x, y in zip(jax.tree_util.tree_leaves(odd.params["score"]), jax.tree_util.tree_leaves(loaded.params["score"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # a score ensemble may lend its predictor, not its score networks (train members one by one)
+    pair = storm_jax.save_model(storm_jax.score_ensemble([loaded, loaded]), tmp_path / "pair")
+    st = init_train_state(dataclasses.replace(cfg, model=MODEL, init_from=str(pair)))
+    for x, y in zip(jax.tree_util.tree_leaves(st.params["predictor"]), jax.tree_util.tree_leaves(loaded.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="ensemble of 2 score networks"):
+        init_train_state(dataclasses.replace(cfg, model=MODEL, init_from=str(pair), init_networks=("predictor", "score")))
     # a predictor-only run has no score network: the full model's predictor serves it by default
     st = init_train_state(dataclasses.replace(cfg, model=other, mode="predictor-only", init_networks=None))
     assert st.params["score"] is None
