@@ -22,3 +22,19 @@ def add_score_symmetry(parser: argparse.ArgumentParser, verb: str = "use", defau
     """``--score-symmetry {none,sign}`` (default ``None``: keep the model's setting)."""
     parser.add_argument("--score-symmetry", choices=SCORE_SYMMETRIES, default=None,
                         help=f"sign: {verb} the odd part of the score network, ½[s(x,Y,C) − s(−x,−Y,−C)] (default: {default})")
+
+
+def add_guidance(parser: argparse.ArgumentParser) -> None:
+    """``--guidance W`` (default ``None``: keep the model's weight)."""
+    parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                        help="condition-guidance weight of a guided model (storm-jax guide): score (1+W)·s(x,Y,C) − W·s(x,C) "
+                             "(default: the model's weight)")
+
+
+def apply_score_options(model, args):
+    """The model with the ``--score-symmetry`` / ``--guidance`` overrides of ``args`` applied."""
+    if getattr(args, "score_symmetry", None) is not None:
+        model = model.with_score_symmetry(args.score_symmetry)
+    if getattr(args, "guidance", None) is not None:
+        model = model.with_guidance(args.guidance)
+    return model

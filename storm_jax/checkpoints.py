@@ -3,7 +3,7 @@
 Layout of a model directory::
 
     config.json          StormConfig as JSON (format version, backbone, sde, spec, condition)
-    params/              orbax StandardCheckpointer tree {"predictor": …, "score": …}
+    params/              orbax StandardCheckpointer tree {"predictor": …, "score": …[, "guide": …]}
 
 Writes go to a temporary sibling directory which is renamed into place, so a crash never leaves
 a half-written model.
@@ -41,6 +41,8 @@ def config_to_dict(config: StormConfig) -> dict:
         del d["score_symmetry"]  # the reference's plain score: files and run fingerprints as before
     if d["score_members"] == 1:
         del d["score_members"]  # one score network, as the reference
+    if d["guidance"] is None:
+        del d["guidance"]  # no guide network, as the reference
     d["format"] = _FORMAT
     return d
 
@@ -145,6 +147,8 @@ def load_model(path: str | os.PathLike | None = None, dtype=jnp.float32) -> Stor
         except Exception as err:
             raise ValueError(f"{path / 'params'}: parameters do not match config.json ({str(err).splitlines()[0]})") from None
     params = {"predictor": restored.get("predictor"), "score": restored.get("score")}
+    if cfg.guidance is not None:
+        params["guide"] = restored["guide"]
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return StormModel(config=cfg, params=params).astype(dtype)
 

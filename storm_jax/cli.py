@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_args import add_score_symmetry, positive_int
+from ._cli_args import add_guidance, add_score_symmetry, apply_score_options, positive_int
 
 __all__ = ["main"]
 
@@ -46,8 +46,7 @@ def cmd_enhance(args) -> int:
         print("storm-jax enhance: no audio files found in the given inputs", file=sys.stderr)
         return 2
     model = resolve_model(args.checkpoint)
-    if args.score_symmetry is not None:
-        model = model.with_score_symmetry(args.score_symmetry)
+    model = apply_score_options(model, args)
     rate = model.config.spec.sample_rate
     config = EnhanceConfig(
         sampler=SamplerConfig(steps=args.steps, corrector=args.corrector, snr=args.snr, grid=args.grid),
@@ -205,6 +204,18 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def cmd_guide(args) -> int:
+    """Join a Y-and-C score network and a C-only one into a guided model
+    (:func:`storm_jax.model.score_guidance`)."""
+    from .checkpoints import resolve_model, save_model
+    from .model import score_guidance
+
+    model = score_guidance(resolve_model(args.model), resolve_model(args.guide), args.weight, names=(args.model, args.guide))
+    out = save_model(model, args.output)
+    print(f"wrote {out}: guidance weight {model.config.guidance:g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storm-jax", description="Differentiable analysis of StoRM in JAX")
     sub = p.add_subparsers(dest="command", required=True)
@@ -228,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=positive_int, default=1, metavar="K",
                    help="write the mean of K reverse-process samples (default 1: one sample, the reference)")
     add_score_symmetry(e)
+    add_guidance(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -256,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("output", help="model directory to write")
     n.add_argument("models", nargs="+", help="model directories or pretrained[:NAME]: same configuration, same predictor")
     n.set_defaults(func=cmd_ensemble)
+
+    g = sub.add_parser("guide", help="condition guidance: (1+W)·s(x,Y,C) − W·s(x,C) from a Y-and-C and a C-only score network")
+    g.add_argument("output", help="model directory to write")
+    g.add_argument("model", help="model whose score network sees Y and C (condition both)")
+    g.add_argument("guide", help="model whose score network sees only C (condition predictor), on the same predictor")
+    g.add_argument("--weight", type=float, required=True, metavar="W", help="guidance weight W (0: the plain model)")
+    g.set_defaults(func=cmd_guide)
 
     # `corpus` has its own parser (storm_jax.data.build_corpus_main); listed here for --help.
     sub.add_parser("corpus", help="build or locate the embedded speech corpus (storm-jax corpus --help)", add_help=False)

@@ -302,6 +302,9 @@ def hparams_from_config(config: StormConfig, layout: str | None = None) -> dict[
     if config.score_members != 1 and config.has_score:
         raise ValueError(f"the reference has one score network; a score ensemble of {config.score_members} members cannot be "
                          "written in its layout (export one member: model.score_member(i))")
+    if config.guidance is not None:
+        raise ValueError("the reference has no condition guidance; export the conditional network alone "
+                         "(model.without_guidance()) or the guide (model.guide_model())")
     b = dataclasses.asdict(config.backbone if config.has_predictor else config.score_net())  # the network it has
     backbone_kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in b.items() if k in _BACKBONE_FIELDS}
     hp: dict[str, Any] = {}

@@ -27,7 +27,7 @@ from .audio import SpecConfig
 from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "score_ensemble", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
+__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "score_ensemble", "score_guidance", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
 SCORE_SYMMETRIES = ("none", "sign")
@@ -55,6 +55,11 @@ class StormConfig:
         score_members: ``E ≥ 1`` score networks of one architecture whose scores are averaged,
             ``s = (1/E)·Σ_e s_θe`` (a score-level ensemble, see :func:`score_ensemble`); their
             parameters carry a leading axis of size ``E``. 1 (the reference): a plain tree.
+        guidance: condition guidance weight ``w``, or ``None`` (the reference): with a weight the
+            model holds a second score network ``s_φ(x, t, C)`` that sees only C
+            (``params["guide"]``) and the score is ``(1 + w)·s_θ(x, t, Y, C) − w·s_φ(x, t, C)``
+            (see :func:`score_guidance`); needs ``condition="both"``. ``w = 0`` is the plain
+            score, ``w = −1`` the C-only network's.
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -66,6 +71,7 @@ class StormConfig:
     score_backbone: NCSNppConfig | None = None
     score_symmetry: Literal["none", "sign"] = "none"
     score_members: int = 1
+    guidance: float | None = None
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -76,6 +82,13 @@ class StormConfig:
             raise ValueError(f"score_members must be an integer >= 1, got {self.score_members!r}")
         if not (self.has_predictor or self.has_score):
             raise ValueError("a StoRM model needs a predictor, a score network, or both")
+        if self.guidance is not None:
+            if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float, np.number)) or not np.isfinite(self.guidance):
+                raise ValueError(f"guidance must be a finite number or None, got {self.guidance!r}")
+            object.__setattr__(self, "guidance", float(self.guidance))
+            if not (self.condition == "both" and self.has_score and self.has_predictor):
+                raise ValueError(f"guidance needs a score network that sees Y and C (condition='both') and a predictor; "
+                                 f"got condition={self.condition!r}, has_predictor={self.has_predictor}, has_score={self.has_score}")
         if self.condition in ("both", "predictor") and self.has_score and not self.has_predictor:
             raise ValueError(f"condition={self.condition!r} needs a predictor network")
 
@@ -98,6 +111,16 @@ class StormConfig:
         """Backbone of s_θ: time-conditional, ``2·score_inputs`` real input channels."""
         base = self.score_backbone if self.score_backbone is not None else self.backbone
         return dataclasses.replace(base, discriminative=False, input_channels=2 * self.score_inputs)
+
+    def guide_net(self) -> NCSNppConfig:
+        """Backbone of the guide network s_φ (with ``guidance``): the score network's, seeing
+        ``[x, C]`` (4 real input channels)."""
+        return dataclasses.replace(self.score_net(), input_channels=4)
+
+    def guide_config(self) -> "StormConfig":
+        """The configuration of the guide network as a StoRM model of its own (``condition =
+        "predictor"``, one score network, no guidance)."""
+        return dataclasses.replace(self, condition="predictor", score_members=1, guidance=None)
 
 
 def storm_config(preset: str = "ncsnpp", score_preset: str | None = None, **overrides: Any) -> StormConfig:
@@ -137,6 +160,23 @@ class StormModel:
         one = jax.tree_util.tree_map(lambda a: a[i], self.params["score"])
         return StormModel(config=dataclasses.replace(self.config, score_members=1), params={**self.params, "score": one})
 
+    def with_guidance(self, weight: float) -> "StormModel":
+        """The same networks with guidance weight ``weight`` (the model must hold a guide network)."""
+        if self.config.guidance is None:
+            raise ValueError("this model has no guide network (build one with score_guidance)")
+        return self.replace(config=dataclasses.replace(self.config, guidance=weight))
+
+    def guide_model(self) -> "StormModel":
+        """The guide network s_φ(x, t, C) with this model's predictor, as a model of its own."""
+        if self.config.guidance is None:
+            raise ValueError("this model has no guide network")
+        return StormModel(config=self.config.guide_config(), params={"predictor": self.params["predictor"], "score": self.params["guide"]})
+
+    def without_guidance(self) -> "StormModel":
+        """The conditional network alone (``guidance=None``, the guide network dropped)."""
+        params = {k: v for k, v in self.params.items() if k != "guide"}
+        return StormModel(config=dataclasses.replace(self.config, guidance=None), params=params)
+
 
 def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32) -> StormModel:
     """Randomly initialised StoRM model. ``config`` may also be a preset name.
@@ -161,6 +201,9 @@ def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32
         else:  # independent members from independent keys, stacked on a leading axis
             members = [one(k) for k in jax.random.split(ks, config.score_members)]
             params["score"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *members)
+    if config.guidance is not None:
+        kg = jax.random.fold_in(ks, 1 << 20)  # the other networks' draws stay as without a guide
+        params["guide"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.guide_net(), kg, param_dtype=np.dtype(dtype)))
     return StormModel(config=config, params=params)
 
 
@@ -185,6 +228,9 @@ def param_shapes(config: StormConfig | str, *, dtype=jnp.float32) -> dict:
         if config.score_members > 1:
             E = config.score_members
             out["score"] = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((E,) + a.shape, a.dtype), out["score"])
+    if config.guidance is not None:
+        x = jax.ShapeDtypeStruct((1, F, m, 2), cdt)
+        out["guide"] = jax.eval_shape(NCSNpp(config.guide_net()).init, key, x, jax.ShapeDtypeStruct((1,), dtype))["params"]
     cast = lambda a: jax.ShapeDtypeStruct(a.shape, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     return jax.tree_util.tree_map(cast, out)
 
@@ -236,30 +282,47 @@ def score(
     With ``config.score_members = E > 1`` it returns the mean of the ``E`` members' scores,
     ``(1/E)·Σ_e s_θe(x, t, Y, C)`` (each member's odd part with ``sign``): independently trained
     networks share the target and average out part of their errors (:func:`score_ensemble`).
+
+    With ``config.guidance = w`` it returns ``(1 + w)·s_θ(x, t, Y, C) − w·s_φ(x, t, C)``, where
+    s_φ is the guide network that sees only C (:func:`score_guidance`; the symmetry applies to
+    both networks, the ensemble to s_θ).
     """
     if model.params.get("score") is None:
         raise ValueError("this model has no score network (predictor-only model)")
+    cfg = model.config
     x = jnp.asarray(x)
     chans = score_inputs(model, x, Y, C)
     if any(c is None for c in chans):
-        raise ValueError(f"condition={model.config.condition!r} needs both Y and C where used; got None")
-    chans = [jnp.broadcast_to(jnp.asarray(c, x.dtype), x.shape) for c in chans]
-    stacked = jnp.stack(chans, axis=-1)  # [..., F, T, D]
-    flat, lead = _flatten(stacked, 3)
+        raise ValueError(f"condition={cfg.condition!r} needs both Y and C where used; got None")
     rdt = jnp.real(x).dtype
+
+    def packed(cs):
+        stacked = jnp.stack([jnp.broadcast_to(jnp.asarray(c, x.dtype), x.shape) for c in cs], axis=-1)  # [..., F, T, D]
+        return _flatten(stacked, 3)
+
+    flat, lead = packed(chans)
     tb = jnp.broadcast_to(jnp.asarray(t, rdt), lead).reshape(-1)
-    apply = lambda p, v, tt: NCSNpp(model.config.score_net()).apply({"params": p}, v, tt)
-    if model.config.score_members == 1:
-        net = lambda v, tt: apply(model.params["score"], v, tt)
+    out = _network_output(cfg.score_net(), model.params["score"], cfg.score_members, cfg.score_symmetry, flat, tb)
+    if cfg.guidance is not None and cfg.guidance != 0.0:
+        flat_c, _ = packed([x, C])
+        guide = _network_output(cfg.guide_net(), model.params["guide"], 1, cfg.score_symmetry, flat_c, tb)
+        out = (1.0 + cfg.guidance) * out - cfg.guidance * guide
+    return -out.reshape(lead + out.shape[1:])
+
+
+def _network_output(net_config: NCSNppConfig, params, members: int, symmetry: str, flat, tb):
+    """``net(v, t)`` of one score network (the mean over ``members`` stacked networks), or its
+    odd part ``½[net(v, t) − net(−v, t)]`` with ``symmetry="sign"`` (both halves in one call)."""
+    apply = lambda p, v, tt: NCSNpp(net_config).apply({"params": p}, v, tt)
+    if members == 1:
+        net = lambda v, tt: apply(params, v, tt)
     else:  # score-level ensemble: the members' outputs averaged (one vmapped call)
-        net = lambda v, tt: jnp.mean(jax.vmap(apply, in_axes=(0, None, None))(model.params["score"], v, tt), axis=0)
-    if model.config.score_symmetry == "sign":
+        net = lambda v, tt: jnp.mean(jax.vmap(apply, in_axes=(0, None, None))(params, v, tt), axis=0)
+    if symmetry == "sign":
         b = flat.shape[0]
         both = net(jnp.concatenate([flat, -flat]), jnp.concatenate([tb, tb]))
-        out = 0.5 * (both[:b] - both[b:])
-    else:
-        out = net(flat, tb)
-    return -out.reshape(lead + out.shape[1:])
+        return 0.5 * (both[:b] - both[b:])
+    return net(flat, tb)
 
 
 def _same_leaves(a, b) -> bool:
@@ -298,3 +361,39 @@ def score_ensemble(models: list[StormModel] | tuple[StormModel, ...], names: lis
     score_params = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *stacks)
     E = sum(m.config.score_members for m in models)
     return StormModel(config=dataclasses.replace(first.config, score_members=E), params={**first.params, "score": score_params})
+
+
+def score_guidance(model: StormModel, guide: StormModel, weight: float, names: tuple[str, str] = ("model", "guide")) -> StormModel:
+    """Condition guidance: one model whose score is ``(1 + w)·s_θ(x, t, Y, C) − w·s_φ(x, t, C)``.
+
+    ``model`` has a score network that sees Y and C (``condition="both"``); ``guide`` one that
+    sees only C (``condition="predictor"``), trained on the same predictor with the same SDE. If
+    the networks were exact, ``s_θ − s_φ = ∇ₓ log p(Y | x_t, C)``, so the guided score is that of
+    ``p(x_t | C)·p(Y | x_t, C)^{1+w}``: ``w > 0`` weights the evidence of the noisy input above
+    its share in the posterior (classifier-free guidance, Ho & Salimans 2022, with C as the
+    condition kept in both terms), ``w = 0`` is the plain model and ``w = −1`` the C-only one.
+
+    The models must share the predictor (bit for bit), the SDE, the spectrogram settings and the
+    score network's backbone; ``model`` may be a score ensemble, ``guide`` must be one network.
+    The result takes ``model``'s score symmetry for both networks. Raises ``ValueError`` naming
+    (by ``names``) the model that does not fit and why.
+    """
+    a, b = names
+    mc, gc = model.config, guide.config
+    if mc.condition != "both" or not mc.has_score:
+        raise ValueError(f"score_guidance: {a} must have a score network that sees Y and C (condition='both'), got condition={mc.condition!r}")
+    if gc.condition != "predictor" or not gc.has_score:
+        raise ValueError(f"score_guidance: {b} must have a score network that sees only C (condition='predictor'), got condition={gc.condition!r}")
+    if mc.guidance is not None or gc.guidance is not None:
+        raise ValueError(f"score_guidance: {a if mc.guidance is not None else b} already has a guide network")
+    if gc.score_members != 1:
+        raise ValueError(f"score_guidance: {b} is an ensemble of {gc.score_members} score networks; the guide must be one network")
+    for field in ("sde", "spec", "backbone", "has_predictor"):
+        if getattr(mc, field) != getattr(gc, field):
+            raise ValueError(f"score_guidance: {b} differs from {a} in its {field}")
+    if gc.score_net() != mc.guide_net():
+        raise ValueError(f"score_guidance: {b}'s score network has another backbone than {a}'s")
+    if not _same_leaves(model.params["predictor"], guide.params["predictor"]):
+        raise ValueError(f"score_guidance: {b} has another predictor than {a} (the two must share one, bit for bit)")
+    config = dataclasses.replace(mc, guidance=weight)
+    return StormModel(config=config, params={**model.params, "guide": guide.params["score"]})

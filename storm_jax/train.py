@@ -228,6 +228,9 @@ class TrainConfig:
         if self.model.score_members != 1:
             problems.append(f"model.score_members={self.model.score_members}: train each score network on its own "
                             "(different seeds) and join them with score_ensemble / storm-jax ensemble")
+        if self.model.guidance is not None:
+            problems.append(f"model.guidance={self.model.guidance}: train the conditional and the C-only (condition='predictor') "
+                            "score networks on their own and join them with score_guidance / storm-jax guide")
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
@@ -460,11 +463,12 @@ def _load_init(config: TrainConfig) -> dict:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"init_from: {err}") from None
     run_cfg = model_config_for(config)
-    names = config.init_networks if config.init_networks is not None else tuple(k for k, v in model.params.items() if v is not None)
+    # a guided model's guide network is not part of a run; its conditional network is "score"
+    names = config.init_networks if config.init_networks is not None else tuple(k for k in ("predictor", "score") if model.params.get(k) is not None)
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
     # score_symmetry is how the score network is used, not what its weights are: fine-tuning a
     # plain network into its odd part (or back) is allowed; an ensemble's predictor may be loaded
-    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry", "score_members")
+    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry", "score_members", "guidance")
     score_loaded = "score" in names and run_cfg.has_score
     for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_args import add_score_symmetry, positive_int
+from ._cli_args import add_guidance, add_score_symmetry, apply_score_options, positive_int
 
 __all__ = ["add_commands"]
 
@@ -77,8 +77,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_dataset, format_group_table, format_table, summarize, summarize_groups
 
     model = resolve_model(args.checkpoint)
-    if args.score_symmetry is not None:
-        model = model.with_score_symmetry(args.score_symmetry)
+    model = apply_score_options(model, args)
     ds = embedded_corpus(args.split, progress=False) if args.data == "embedded" else folder_dataset(args.data, args.split)
     labels = None
     if args.by:
@@ -169,6 +168,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--samples", type=positive_int, default=1, metavar="K",
                    help="score the mean of K reverse-process samples as StoRM (default 1: one sample, the reference)")
     add_score_symmetry(e)
+    add_guidance(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true",
                    help="print {system: {si_sdr, pesq, estoi}} as JSON (with --by: {\"all\": …, KEY: {value: {n, systems}}})")

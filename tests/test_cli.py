@@ -99,6 +99,37 @@ def test_ensemble_command(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_guide_command(tmp_path, capsys):
+    """`storm-jax guide`: a guided model directory; at weight 0 it enhances exactly as the plain
+    shipped model, `enhance --guidance` changes the weight, and a guide that sees Y is refused
+    by name with nothing written."""
+    import dataclasses
+
+    import jax
+
+    import storm_jax as sj
+
+    shipped = sj.load_model()
+    c_only = sj.init_storm(dataclasses.replace(shipped.config, condition="predictor"), jax.random.key(1))
+    sj.save_model(c_only.replace(params={**c_only.params, "predictor": shipped.params["predictor"]}), tmp_path / "c")
+    assert main(["guide", str(tmp_path / "g"), "pretrained", str(tmp_path / "c"), "--weight", "0"]) == 0
+    assert sj.load_model(tmp_path / "g").config.guidance == 0.0
+    sf.write(tmp_path / "tone.wav", _tone(6000), 16000)
+    runs = {"plain": ["--checkpoint", "pretrained"], "w0": ["--checkpoint", str(tmp_path / "g")],
+            "w1": ["--checkpoint", str(tmp_path / "g"), "--guidance", "1"]}
+    for name, extra in runs.items():
+        assert main(["enhance", str(tmp_path / "tone.wav"), "-o", str(tmp_path / name), "--steps", "2", "--quiet", *extra]) == 0
+    plain, w0, w1 = (sf.read(tmp_path / n / "tone.wav")[0] for n in runs)
+    np.testing.assert_array_equal(w0, plain)
+    assert np.all(np.isfinite(w1)) and not np.allclose(w1, plain)
+    capsys.readouterr()
+    assert main(["guide", str(tmp_path / "bad"), "pretrained", "pretrained", "--weight", "1"]) == 2
+    assert "pretrained must have a score network that sees only C" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(["enhance", str(tmp_path / "tone.wav"), "-o", str(tmp_path / "x"), "--steps", "2", "--quiet", "--guidance", "1"]) == 2
+    assert "no guide network" in capsys.readouterr().err
+
+
 def test_enhance_nothing_to_do(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["enhance", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 2

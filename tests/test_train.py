@@ -413,6 +413,15 @@ def test_larger_score_network_on_a_loaded_predictor(tmp_path, dataset):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(ValueError, match="ensemble of 2 score networks"):
         init_train_state(dataclasses.replace(cfg, model=MODEL, init_from=str(pair), init_networks=("predictor", "score")))
+    # a guided model lends its predictor and its conditional score network, never the C-only guide
+    c_only = init_storm(dataclasses.replace(MODEL, condition="predictor"), 5)
+    c_only = c_only.replace(params={**c_only.params, "predictor": loaded.params["predictor"]})
+    guided = storm_jax.save_model(storm_jax.score_guidance(loaded, c_only, 1.0), tmp_path / "guided")
+    st = init_train_state(dataclasses.replace(cfg, model=MODEL, init_from=str(guided), init_networks=None))
+    for name in ("predictor", "score"):
+        for x, y in zip(jax.tree_util.tree_leaves(st.params[name]), jax.tree_util.tree_leaves(loaded.params[name])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert "guide" not in st.params
     # a predictor-only run has no score network: the full model's predictor serves it by default
     st = init_train_state(dataclasses.replace(cfg, model=other, mode="predictor-only", init_networks=None))
     assert st.params["score"] is None
