@@ -349,6 +349,9 @@ def score_ensemble(models: list[StormModel] | tuple[StormModel, ...], names: lis
     first = models[0]
     if not first.config.has_score:
         raise ValueError(f"score_ensemble: {names[0]} has no score network")
+    for name, m in zip(names, models):
+        if m.config.guidance is not None:  # its guide network would be kept from one model, dropped from the others
+            raise ValueError(f"score_ensemble: {name} has a guide network; join the conditional networks first, then add the guide (score_guidance)")
     base = dataclasses.replace(first.config, score_members=1)
     for i, m in enumerate(models[1:], start=1):
         cfg = dataclasses.replace(m.config, score_members=1)
@@ -388,7 +391,7 @@ def score_guidance(model: StormModel, guide: StormModel, weight: float, names: t
         raise ValueError(f"score_guidance: {a if mc.guidance is not None else b} already has a guide network")
     if gc.score_members != 1:
         raise ValueError(f"score_guidance: {b} is an ensemble of {gc.score_members} score networks; the guide must be one network")
-    for field in ("sde", "spec", "backbone", "has_predictor"):
+    for field in ("sde", "spec", "backbone"):
         if getattr(mc, field) != getattr(gc, field):
             raise ValueError(f"score_guidance: {b} differs from {a} in its {field}")
     if gc.score_net() != mc.guide_net():

@@ -275,6 +275,8 @@ def test_score_guidance_combines_the_two_networks(tiny, tmp_path):
         sj.score_guidance(tiny, c_only.replace(config=dataclasses.replace(c_only.config, sde=sj.OUVE(sigma_max=0.25))), 1.0)
     with pytest.raises(ValueError, match="already has a guide network"):
         sj.score_guidance(guided, c_only, 1.0)
+    with pytest.raises(ValueError, match="model 1 has a guide network; join the conditional networks first"):
+        sj.score_ensemble([tiny, guided])
     with pytest.raises(ValueError, match="guidance must be a finite number"):
         dataclasses.replace(tiny.config, guidance=float("nan"))
     with pytest.raises(ValueError, match="guidance needs a score network that sees Y and C"):
