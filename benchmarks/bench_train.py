@@ -1,8 +1,9 @@
-"""Training throughput: jit-compiled joint StoRM training steps per second for several presets,
-measured side by side in one process on the same batch shape.
+"""Training throughput: jit-compiled StoRM training steps per second for several presets and
+modes, measured side by side in one process on the same batch shape.
 
     python benchmarks/bench_train.py                       # tiny and ncsnpp, batch 2 × 64 frames
     python benchmarks/bench_train.py --presets tiny small ncsnpp --batch 4 --frames 128 --steps 5
+    python benchmarks/bench_train.py --presets tiny --modes joint freeze-predictor correct-reverse --reverse-steps 5
 
 For each preset: build the initial :class:`~storm_jax.train.TrainState` (host-side init), compile
 one :func:`~storm_jax.train.train_step` (timed separately), then time ``--steps`` further steps
@@ -23,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def bench(preset: str, batch: int, frames: int, steps: int) -> dict:
+def bench(preset: str, batch: int, frames: int, steps: int, mode: str = "joint", reverse_steps: int = 5) -> dict:
     from storm_jax.model import storm_config
     from storm_jax.nn import count_params
     from storm_jax.train import StepSpec, TrainConfig, init_train_state, train_step
 
-    cfg = TrainConfig(model=storm_config(preset), batch_size=batch, frames=frames, steps=steps, progress=False)
+    cfg = TrainConfig(model=storm_config(preset), mode=mode, batch_size=batch, frames=frames, steps=steps, progress=False,
+                      reverse_steps=reverse_steps if mode == "correct-reverse" else 5)
     state = init_train_state(cfg)
     spec = StepSpec.of(cfg)
     n = (frames - 1) * cfg.model.spec.hop
@@ -44,7 +46,7 @@ def bench(preset: str, batch: int, frames: int, steps: int) -> dict:
         state, parts = train_step(spec, state, clean, noisy)
     jax.block_until_ready((state.params, parts["loss"]))
     wall = time.perf_counter() - t0
-    return {"preset": preset, "params": count_params(state.params), "batch": batch, "frames": frames, "steps": steps,
+    return {"preset": preset, "mode": cfg.mode + (f" (N = {reverse_steps})" if mode == "correct-reverse" else ""), "params": count_params(state.params), "batch": batch, "frames": frames, "steps": steps,
             "compile_and_first_step_s": round(compile_s, 2), "s_per_step": round(wall / steps, 3),
             "steps_per_s": round(steps / wall, 4), "loss": float(parts["loss"])}
 
@@ -55,16 +57,23 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--modes", nargs="+", default=["joint"], help="training modes (storm_jax.train.MODES)")
+    p.add_argument("--reverse-steps", type=int, default=5, help="N of the correct-reverse loss")
     args = p.parse_args(argv)
     print(json.dumps({"device": str(jax.devices()[0]), "cpu": platform.processor() or platform.machine(), "jax": jax.__version__}))
     rows = []
     for preset in args.presets:
-        row = bench(preset, args.batch, args.frames, args.steps)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\n| preset | params | batch × frames | compile + 1st step [s] | s/step | steps/s |\n|---|---:|---|---:|---:|---:|")
+        for mode in args.modes:
+            row = bench(preset, args.batch, args.frames, args.steps, mode, args.reverse_steps)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n| preset | mode | params | batch × frames | compile + 1st step [s] | s/step | steps/s | s/step ÷ first mode's |\n"
+          "|---|---|---:|---|---:|---:|---:|---:|")
+    first = {}
     for r in rows:
-        print(f"| {r['preset']} | {r['params']:,} | {r['batch']} × {r['frames']} | {r['compile_and_first_step_s']} | {r['s_per_step']} | {r['steps_per_s']} |")
+        base = first.setdefault(r["preset"], r["s_per_step"])
+        print(f"| {r['preset']} | {r['mode']} | {r['params']:,} | {r['batch']} × {r['frames']} | {r['compile_and_first_step_s']} | "
+              f"{r['s_per_step']} | {r['steps_per_s']} | {r['s_per_step'] / base:.2f} |")
     return 0
 
 

@@ -31,6 +31,19 @@ def add_guidance(parser: argparse.ArgumentParser) -> None:
                              "(default: the model's weight)")
 
 
+def add_steps(parser: argparse.ArgumentParser) -> None:
+    """``--steps N`` (default ``None``: :func:`sampler_steps`)."""
+    parser.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                        help="reverse steps N (default: the N a correct-reverse model was tuned through, else 30 as the reference enhance())")
+
+
+def sampler_steps(args, model) -> int:
+    """``--steps``, else the model's ``sampler_steps`` (a ``correct-reverse`` model), else 30."""
+    if getattr(args, "steps", None) is not None:
+        return args.steps
+    return model.config.sampler_steps or 30
+
+
 def apply_score_options(model, args):
     """The model with the ``--score-symmetry`` / ``--guidance`` overrides of ``args`` applied."""
     if getattr(args, "score_symmetry", None) is not None:

@@ -43,6 +43,8 @@ def config_to_dict(config: StormConfig) -> dict:
         del d["score_members"]  # one score network, as the reference
     if d["guidance"] is None:
         del d["guidance"]  # no guide network, as the reference
+    if d["sampler_steps"] is None:
+        del d["sampler_steps"]  # a score network trained by score matching, as the reference
     d["format"] = _FORMAT
     return d
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_args import add_guidance, add_score_symmetry, apply_score_options, positive_int
+from ._cli_args import add_guidance, add_score_symmetry, add_steps, apply_score_options, positive_int, sampler_steps
 
 __all__ = ["main"]
 
@@ -49,7 +49,7 @@ def cmd_enhance(args) -> int:
     model = apply_score_options(model, args)
     rate = model.config.spec.sample_rate
     config = EnhanceConfig(
-        sampler=SamplerConfig(steps=args.steps, corrector=args.corrector, snr=args.snr, grid=args.grid),
+        sampler=SamplerConfig(steps=sampler_steps(args, model), corrector=args.corrector, snr=args.snr, grid=args.grid),
         samples=args.samples,
     )
     out_dir = Path(args.output)
@@ -128,14 +128,15 @@ def cmd_demo(args) -> int:
     clean, noise = synthetic_example(jax.random.key(args.seed), seconds=args.seconds, rate=rate)
     noisy = clean + noise
     t0 = time.perf_counter()
-    config = EnhanceConfig(sampler=SamplerConfig(steps=args.steps))
+    steps = sampler_steps(args, model)
+    config = EnhanceConfig(sampler=SamplerConfig(steps=steps))
     enhanced = enhance(model, noisy, args.seed, config=config)
     wall = time.perf_counter() - t0
     out = Path(args.output)
     for name, x in (("clean", clean), ("noisy", noisy), ("enhanced", enhanced)):
         write_audio(out / f"{name}.wav", np.asarray(x), rate)
     print(f"model: {spec} ({'random weights' if spec.startswith('preset:') else 'trained'})")
-    print(f"enhanced {args.seconds:.1f} s of audio with N={args.steps} steps in {wall:.1f} s (including compilation)")
+    print(f"enhanced {args.seconds:.1f} s of audio with N={steps} steps in {wall:.1f} s (including compilation)")
     print(f"SI-SDR noisy    {float(si_sdr(noisy, clean)):7.2f} dB")
     print(f"SI-SDR enhanced {float(si_sdr(enhanced, clean)):7.2f} dB")
     print(f"wrote {out}/clean.wav, noisy.wav, enhanced.wav")
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="enhance a generated example (the default main job)")
     d.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped pretrained model)")
-    d.add_argument("--steps", type=int, default=30)
+    add_steps(d)
     d.add_argument("--seconds", type=float, default=2.0)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--output", "-o", default="outputs/demo")
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("inputs", nargs="+", help="audio files, folders, or .txt/.lst files listing paths")
     e.add_argument("--output", "-o", required=True, help="output folder")
     e.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped pretrained model)")
-    e.add_argument("--steps", type=int, default=30, help="reverse steps N (reference enhance(): 30)")
+    add_steps(e)
     e.add_argument("--corrector", choices=("none", "ald"), default="none")
     e.add_argument("--snr", type=float, default=0.5, help="ALD corrector snr")
     e.add_argument("--grid", choices=("reference", "consistent"), default="reference")

@@ -60,6 +60,10 @@ class StormConfig:
             (``params["guide"]``) and the score is ``(1 + w)·s_θ(x, t, Y, C) − w·s_φ(x, t, C)``
             (see :func:`score_guidance`); needs ``condition="both"``. ``w = 0`` is the plain
             score, ``w = −1`` the C-only network's.
+        sampler_steps: ``None`` (a score estimate, any sampler) or the N of the reference sampler
+            (reverse-diffusion predictor, no corrector) the score network was fine-tuned through
+            (``correct-reverse`` training, :mod:`storm_jax.train`): the network is then a part of
+            that N-step map rather than a score, and the command-line samplers default to this N.
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -72,6 +76,7 @@ class StormConfig:
     score_symmetry: Literal["none", "sign"] = "none"
     score_members: int = 1
     guidance: float | None = None
+    sampler_steps: int | None = None
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -82,6 +87,9 @@ class StormConfig:
             raise ValueError(f"score_members must be an integer >= 1, got {self.score_members!r}")
         if not (self.has_predictor or self.has_score):
             raise ValueError("a StoRM model needs a predictor, a score network, or both")
+        if self.sampler_steps is not None and (isinstance(self.sampler_steps, bool) or not isinstance(self.sampler_steps, (int, np.integer))
+                                               or self.sampler_steps < 1):
+            raise ValueError(f"sampler_steps must be a positive integer or None, got {self.sampler_steps!r}")
         if self.guidance is not None:
             if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float, np.number)) or not np.isfinite(self.guidance):
                 raise ValueError(f"guidance must be a finite number or None, got {self.guidance!r}")

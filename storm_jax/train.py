@@ -25,6 +25,19 @@ Modes (reference names in brackets):
 ``score-only`` [score-only]
     ``ScoreModel`` (SGMSE+): the attractor is Y itself, ``μ = e^{−θt}·X + (1 − e^{−θt})·Y``,
     the score sees ``[x_t, Y]`` (``condition="noisy"``), ``L = mean_b ½·Σ|σ·s + z|²``.
+``correct-reverse`` [not in the reference: CRP, Lay et al. 2023, "Single and few-step diffusion
+for generative speech enhancement", arXiv 2309.09677, § 3]
+    the second training stage of CRP applied to StoRM: the predictor is frozen and the score
+    network, usually trained by ``freeze-predictor`` first (``init_from``), is fine-tuned through
+    the reverse process itself. With fresh draws per step, ``x̂ = sampler_N(s_θ; Y, C, z)`` — the
+    reference sampler (reverse-diffusion predictor, no corrector, ``dt = 1/N``,
+    ``N = reverse_steps``) from ``x_T = C + σ(T)·z`` — and ``L = mean_b ½·Σ|x̂ − X|²``, the
+    predictor's loss on the sampler's output, back-propagated through all N steps. This corrects
+    the errors of the discretisation and of the score where they matter for the output; the
+    network then no longer estimates a score, so sample with exactly this sampler (``--steps N``).
+    (The publication's code, github.com/sp-uhh/sgmse_crp, runs the earlier steps without
+    gradient and back-propagates through the last one only, from a random start time and N; here
+    the whole fixed sampler is differentiated, which costs N network backward passes per step.)
 
 Optimiser: Adam (lr 1e-4, PyTorch defaults β = (0.9, 0.999), ε = 1e-8), at a constant learning rate
 as the reference, or (``lr_warmup``, ``lr_decay``) warmed up linearly from 0 and then cosine-decayed
@@ -61,7 +74,7 @@ import optax
 from .audio import compress, stft
 from .data import BatchConfig, BatchIterator, BatchState, PairDataset, check_batchable, data_fingerprint
 from .model import StormConfig, StormModel, init_storm, predictor, score, storm_config
-from .sampling import complex_normal
+from .sampling import SamplerConfig, complex_normal, make_draws, sample_with_score
 
 __all__ = [
     "MODES",
@@ -84,7 +97,7 @@ __all__ = [
     "saved_steps",
 ]
 
-MODES = ("joint", "freeze-predictor", "predictor-only", "score-only")
+MODES = ("joint", "freeze-predictor", "predictor-only", "score-only", "correct-reverse")
 _MODE_ALIASES = {
     "regen-joint-training": "joint",
     "regen-freeze-denoiser": "freeze-predictor",
@@ -94,6 +107,9 @@ _MODE_ALIASES = {
 
 # Fields of TrainConfig that may change between a run and its resumption.
 _RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utterances", "val_steps", "keep", "progress")
+# Fields recorded in a run's fingerprint only when they differ from their default (runs made before
+# they existed keep their fingerprint).
+_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": 5}
 
 
 class TrainingDiverged(RuntimeError):
@@ -161,6 +177,8 @@ class TrainConfig:
             ``("score",)`` or both; default: all it has). The others start fresh — e.g. a
             larger score network (``StormConfig.score_backbone``) trained on a frozen,
             already-trained predictor.
+        reverse_steps: N of the sampler the ``correct-reverse`` loss runs (and back-propagates
+            through); its validation samples with the same N. Unused by the other modes.
     """
 
     model: StormConfig = dataclasses.field(default_factory=lambda: storm_config("tiny"))
@@ -186,6 +204,7 @@ class TrainConfig:
     init_networks: tuple[str, ...] | None = None
     lr_warmup: int = 0
     lr_decay: int = 0
+    reverse_steps: int = 5
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -210,6 +229,10 @@ class TrainConfig:
                 problems.append(f"{name}={v} must be a multiple of {mult} (2^(levels-1) of the deeper network)")
         if self.predictor_steps and mode != "freeze-predictor":
             problems.append(f"predictor_steps={self.predictor_steps} needs mode='freeze-predictor'")
+        if not isinstance(self.reverse_steps, (int, np.integer)) or self.reverse_steps < 1:
+            problems.append(f"reverse_steps must be a positive integer, got {self.reverse_steps!r}")
+        elif self.reverse_steps != 5 and mode != "correct-reverse":
+            problems.append(f"reverse_steps={self.reverse_steps} is used only by mode='correct-reverse'")
         for name in ("lr_warmup", "lr_decay"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 0:
@@ -250,13 +273,16 @@ class TrainConfig:
 
 def model_config_for(config: TrainConfig) -> StormConfig:
     """The model configuration a mode trains (reference ``train.py``: ``denoiser-only`` builds a
-    ``DiscriminativeModel``, ``score-only`` a ``ScoreModel`` conditioned on Y)."""
+    ``DiscriminativeModel``, ``score-only`` a ``ScoreModel`` conditioned on Y; ``correct-reverse``
+    records its ``reverse_steps`` as ``sampler_steps``, the other modes train a score)."""
     m = config.model
     if config.mode == "predictor-only":
         return dataclasses.replace(m, has_predictor=True, has_score=False)
     if config.mode == "score-only":
         return dataclasses.replace(m, has_predictor=False, has_score=True, condition="noisy")
-    return dataclasses.replace(m, has_predictor=True, has_score=True)
+    if config.mode == "correct-reverse":  # the exported model records the sampler it was tuned through
+        return dataclasses.replace(m, has_predictor=True, has_score=True, sampler_steps=config.reverse_steps)
+    return dataclasses.replace(m, has_predictor=True, has_score=True, sampler_steps=None)
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -271,26 +297,43 @@ def spectrograms(model_config: StormConfig, clean, noisy):
     return X, Y
 
 
-def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: float, X, Y, key) -> tuple[Array, dict]:
-    """The reference training loss of ``mode`` (module docstring) and its parts.
+def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: float, X, Y, key,
+               reverse_steps: int = 5) -> tuple[Array, dict]:
+    """The training loss of ``mode`` (module docstring) and its parts.
 
     Args:
         params: ``{"predictor": …, "score": …}``.
         X, Y: compressed clean and noisy spectrograms ``[B, F, T]``.
-        key: PRNG key; split into ``(k_t, k_z)`` for ``t ~ U(t_eps, T)`` and ``z``.
+        key: PRNG key; split into ``(k_t, k_z)`` for ``t ~ U(t_eps, T)`` and ``z`` (in
+            ``correct-reverse`` mode: the sampler's draws, :func:`~storm_jax.sampling.make_draws`).
+        reverse_steps: N of the ``correct-reverse`` sampler.
 
     Returns:
-        ``(loss, {"loss", "loss_score", "loss_predictor"})`` (absent parts are 0).
+        ``(loss, {"loss", "loss_score", "loss_predictor"})`` (absent parts are 0). In
+        ``correct-reverse`` mode ``loss_score`` is the loss of the sampler's output (the loss
+        itself) and ``loss_predictor`` the frozen predictor's ``mean_b ½·Σ|C − X|²`` on the same
+        batch, so ``loss_score < loss_predictor`` means the reverse process ends closer to X than C.
     """
     model = StormModel(config=model_config, params=params)
     sde = model_config.sde
     B = X.shape[0]
     rdt = jnp.real(X).dtype
     zero = jnp.zeros((), rdt)
+
+    def per_example(err):
+        return jnp.mean(0.5 * jnp.sum(jnp.abs(err) ** 2, axis=(-2, -1)))
+
     if mode == "predictor-only":
         C = predictor(model, Y)
-        loss = jnp.mean(0.5 * jnp.sum(jnp.abs(C - X) ** 2, axis=(-2, -1)))
+        loss = per_example(C - X)
         return loss, {"loss": loss, "loss_score": zero, "loss_predictor": loss}
+    if mode == "correct-reverse":
+        C = jax.lax.stop_gradient(predictor(model, Y))
+        cfg = SamplerConfig(steps=reverse_steps)  # the reference sampler (module docstring)
+        draws = make_draws(key, X.shape, cfg, X.dtype)
+        x_hat = sample_with_score(sde, lambda x, t: score(model, x, t, Y, C), C, draws, cfg, unroll=True)
+        loss = per_example(x_hat - X)
+        return loss, {"loss": loss, "loss_score": loss, "loss_predictor": per_example(C - X)}
     kt, kz = jax.random.split(key)
     t = jax.random.uniform(kt, (B,), rdt) * (sde.T - sde.t_eps) + sde.t_eps
     z = complex_normal(kz, X.shape, X.dtype)
@@ -394,7 +437,7 @@ def init_train_state(config: TrainConfig) -> TrainState:
 
 
 _TRAINED = {"joint": ("predictor", "score"), "freeze-predictor": ("score",), "predictor-only": ("predictor",),
-            "score-only": ("score",), "predictor-stage": ("predictor",)}
+            "score-only": ("score",), "predictor-stage": ("predictor",), "correct-reverse": ("score",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,6 +452,7 @@ class StepSpec:
     weighting: float
     lr_warmup: int = 0
     lr_decay: int = 0
+    reverse_steps: int = 5
 
     @classmethod
     def of(cls, config: TrainConfig, step: int | None = None) -> "StepSpec":
@@ -418,7 +462,7 @@ class StepSpec:
         if mode == "freeze-predictor" and step is not None and step < config.predictor_steps:
             mode = "predictor-stage"
         return cls(model_config_for(config), mode, config.lr, config.ema_decay, config.weighting,
-                   config.lr_warmup, config.lr_decay)
+                   config.lr_warmup, config.lr_decay, config.reverse_steps)
 
 
 def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
@@ -427,7 +471,7 @@ def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[Train
     X, Y = spectrograms(mcfg, clean, noisy)
     grad_fn = jax.value_and_grad(storm_loss, has_aux=True)
     loss_mode = "predictor-only" if config.mode == "predictor-stage" else config.mode
-    (_, parts), grads = grad_fn(state.params, mcfg, loss_mode, config.weighting, X, Y, key)
+    (_, parts), grads = grad_fn(state.params, mcfg, loss_mode, config.weighting, X, Y, key, config.reverse_steps)
     opt = _optimizer(config)
     params, opt_state = dict(state.params), dict(state.opt_state)
     for name in _TRAINED[config.mode]:  # networks not trained in this mode keep params and optimiser state
@@ -468,7 +512,8 @@ def _load_init(config: TrainConfig) -> dict:
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
     # score_symmetry is how the score network is used, not what its weights are: fine-tuning a
     # plain network into its odd part (or back) is allowed; an ensemble's predictor may be loaded
-    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry", "score_members", "guidance")
+    per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry", "score_members", "guidance",
+                   "sampler_steps")
     score_loaded = "score" in names and run_cfg.has_score
     for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)
@@ -509,15 +554,11 @@ def _fingerprint_dict(config: TrainConfig, data_fp: str, init_digest: str | None
     for k in _RESUMABLE_FIELDS:
         d.pop(k, None)
     d["data"] = data_fp
-    if d.get("init_networks") is None:
-        d.pop("init_networks", None)  # as before init_networks existed
-    for k in ("lr_warmup", "lr_decay"):
-        if not d.get(k):
-            d.pop(k, None)  # constant-rate runs keep the fingerprint they had before schedules existed
-    if d.get("init_from") is None:
-        d.pop("init_from", None)  # runs from a fresh initialisation keep their old fingerprint
-    else:
+    if d.get("init_from") is not None:
         d["init_params"] = init_digest
+    for k, default in _DEFAULT_OMITTED.items():
+        if d.get(k) == default:
+            d.pop(k, None)  # as runs recorded it before the field existed
     return d
 
 
@@ -850,5 +891,7 @@ def _validate(config: TrainConfig, state: TrainState, valid_ds: PairDataset) -> 
 
     model = StormModel(config=model_config_for(config), params=state.ema["params"])
     vbc = _valid_batch_config(config, len(valid_ds))
+    # a network fine-tuned through the reverse process is validated with the sampler it was tuned for
+    steps = config.reverse_steps if config.mode == "correct-reverse" else config.val_steps
     # crops shorter than the utterance are fine; longer ones are zero-padded symmetrically
-    return evaluate_crops(model, valid_ds, vbc, steps=config.val_steps, key=jax.random.key(config.seed))
+    return evaluate_crops(model, valid_ds, vbc, steps=steps, key=jax.random.key(config.seed))

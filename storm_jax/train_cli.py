@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_args import add_guidance, add_score_symmetry, apply_score_options, positive_int
+from ._cli_args import add_guidance, add_score_symmetry, add_steps, apply_score_options, positive_int, sampler_steps
 
 __all__ = ["add_commands"]
 
@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
         steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
         init_from=init_from, init_networks=tuple(args.init_networks) if args.init_networks else None,
-        lr_warmup=args.lr_warmup, lr_decay=args.lr_decay,
+        lr_warmup=args.lr_warmup, lr_decay=args.lr_decay, reverse_steps=args.reverse_steps,
     )
     data = "embedded" if args.data == "embedded" else args.data
     try:
@@ -91,7 +91,8 @@ def cmd_evaluate(args) -> int:
         labels = [ds.info(i)[args.by] for i in range(n)]
     from .sampling import SamplerConfig
 
-    sampler = SamplerConfig(steps=args.steps, corrector=args.corrector, corrector_steps=args.corrector_steps, snr=args.snr)
+    steps = sampler_steps(args, model)
+    sampler = SamplerConfig(steps=steps, corrector=args.corrector, corrector_steps=args.corrector_steps, snr=args.snr)
     per = evaluate_dataset(model, ds, m=args.m, limit=args.limit, seed=args.seed, progress=not args.json, sampler=sampler,
                            samples=args.samples)
     summary = summarize(per)
@@ -102,7 +103,7 @@ def cmd_evaluate(args) -> int:
         n = len(next(iter(next(iter(per.values())).values())))
         corr = "no corrector" if args.corrector == "none" else f"{args.corrector} corrector (snr {args.snr}, {args.corrector_steps} per step)"
         avg = "" if args.samples == 1 else f", StoRM = mean of {args.samples} samples"
-        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {args.steps} reverse steps, {corr}{avg}")
+        print(f"{ds.name}: {n} utterance(s) at M = {args.m}, N = {steps} reverse steps, {corr}{avg}")
         print(format_table(summary))
         if groups is not None:
             print()
@@ -118,7 +119,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")
     t.add_argument("--condition", choices=("both", "noisy", "predictor"), default=None)
     add_score_symmetry(t, "train", "none, the reference; sign costs two network evaluations per step")
-    t.add_argument("--mode", default="joint", help="joint | freeze-predictor | predictor-only | score-only (reference names accepted)")
+    t.add_argument("--mode", default="joint",
+                   help="joint | freeze-predictor | predictor-only | score-only (reference names accepted) | correct-reverse "
+                        "(fine-tune the score network through the reverse process, CRP; start from a trained model with --init-from)")
+    t.add_argument("--reverse-steps", type=positive_int, default=5, metavar="N",
+                   help="correct-reverse mode: reverse steps N the loss runs and back-propagates through (sample with --steps N)")
     t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
     t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")
     t.add_argument("--sigma-max", type=float, default=None, help="OUVE σ_max (default 0.5)")
@@ -159,7 +164,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", default="embedded", help="'embedded' or a dataset folder")
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
     e.add_argument("--limit", type=int, default=None, help="first K utterances")
-    e.add_argument("--steps", type=int, default=30, help="reverse steps N")
+    add_steps(e)
     e.add_argument("--corrector", default="none", choices=("none", "ald"),
                    help="corrector of the reverse process (none: reference enhance(); ald: reference enhancement.py)")
     e.add_argument("--corrector-steps", type=int, default=1)

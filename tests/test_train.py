@@ -126,6 +126,80 @@ def test_freeze_predictor_step_leaves_the_predictor_unchanged():
     assert all(jax.tree_util.tree_leaves(same["predictor"])) and not all(jax.tree_util.tree_leaves(same["score"]))
 
 
+def test_correct_reverse_loss_is_the_error_of_the_sampler_output():
+    """``correct-reverse`` (CRP): the loss is the batch mean of ½·Σ|x̂ − X|², x̂ the reference
+    sampler's output (N steps, draws of the key), ``loss_predictor`` the frozen C's; its gradient
+    reaches the score network through all N steps (a directional central difference in float64,
+    1e-6 relative) and never the predictor."""
+    N = 3
+    mcfg = model_config_for(dataclasses.replace(CFG, mode="correct-reverse", reverse_steps=N))
+    model = init_storm(mcfg, 4, dtype=jnp.float64)
+    r = np.random.default_rng(4)
+    clean = jnp.asarray(0.3 * r.standard_normal((2, 15 * HOP)))
+    X, Y = spectrograms(mcfg, clean, clean + jnp.asarray(0.1 * r.standard_normal((2, 15 * HOP))))
+    assert X.dtype == jnp.complex128 and X.shape == (2, 256, 16)
+    key = jax.random.key(3)
+    loss, parts = storm_loss(model.params, mcfg, "correct-reverse", 0.5, X, Y, key, reverse_steps=N)
+    C = predictor(model, Y)
+    cfg = storm_jax.SamplerConfig(steps=N)
+    x_hat = np.asarray(storm_jax.sample(model, Y, C, storm_jax.make_draws(key, X.shape, cfg, X.dtype), cfg))
+    np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(x_hat - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-12)
+    np.testing.assert_allclose(float(parts["loss_predictor"]), np.mean(0.5 * np.sum(np.abs(np.asarray(C - X)) ** 2, axis=(1, 2))), rtol=1e-12)
+    assert float(parts["loss_score"]) == float(loss)
+
+    f = lambda p: storm_loss(p, mcfg, "correct-reverse", 0.5, X, Y, key, reverse_steps=N)[0]
+    grads = jax.grad(f)(model.params)
+    assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads["predictor"]))
+    v = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(a.size).standard_normal(a.shape)), model.params["score"])
+    along = lambda eps: f({**model.params, "score": jax.tree_util.tree_map(lambda a, d: a + eps * d, model.params["score"], v)})
+    delta = 1e-6
+    fd = (float(along(delta)) - float(along(-delta))) / (2 * delta)
+    ad = sum(float(jnp.sum(g * d)) for g, d in zip(jax.tree_util.tree_leaves(grads["score"]), jax.tree_util.tree_leaves(v)))
+    np.testing.assert_allclose(ad, fd, rtol=1e-6)
+
+
+def test_correct_reverse_run_fine_tunes_only_the_score_network(tmp_path, dataset):
+    """A ``correct-reverse`` run from a model directory keeps the predictor bit for bit, changes
+    the score network, logs both losses, records ``reverse_steps`` in its fingerprint (a run of
+    another N is refused), and other modes keep the fingerprint they had before the field."""
+    train(dataclasses.replace(CFG, steps=1), tmp_path / "base", dataset)
+    src = storm_jax.export_ema_model(tmp_path / "base", tmp_path / "model")
+    cfg = dataclasses.replace(CFG, mode="correct-reverse", reverse_steps=2, steps=2, lr=1e-3, init_from=str(src))
+    run = train(cfg, tmp_path / "crp", dataset)
+    assert run["step"] == 2 and all(np.isfinite(run["losses"]))
+    recs = [json.loads(l) for l in (tmp_path / "crp" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss_predictor"] > 0 and r["loss_score"] == r["loss"] for r in recs)
+    _, st, _ = load_training_checkpoint(tmp_path / "crp")
+    loaded = storm_jax.load_model(src)
+    for x, y in zip(jax.tree_util.tree_leaves(st.params["predictor"]), jax.tree_util.tree_leaves(loaded.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(st.params["score"]),
+                                                       jax.tree_util.tree_leaves(loaded.params["score"])))
+    # the exported model records the sampler it was tuned through; the CLI samples with it by default
+    tuned = storm_jax.load_model(storm_jax.export_ema_model(tmp_path / "crp", tmp_path / "crp-model"))
+    assert tuned.config.sampler_steps == 2 and loaded.config.sampler_steps is None
+    assert json.loads((tmp_path / "crp-model" / "config.json").read_text())["sampler_steps"] == 2
+    assert "sampler_steps" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    from storm_jax._cli_args import sampler_steps
+    from types import SimpleNamespace
+
+    assert sampler_steps(SimpleNamespace(steps=None), tuned) == 2 and sampler_steps(SimpleNamespace(steps=None), loaded) == 30
+    assert sampler_steps(SimpleNamespace(steps=7), tuned) == 7
+    with pytest.raises(ValueError, match="sampler_steps must be a positive integer"):
+        dataclasses.replace(tuned.config, sampler_steps=0)
+    # a tuned model can start a new score-matching run: that run's model is a score again
+    again = dataclasses.replace(CFG, mode="freeze-predictor", steps=1, init_from=str(tmp_path / "crp-model"))
+    assert model_config_for(again).sampler_steps is None and init_train_state(again).params["score"] is not None
+    assert json.loads((tmp_path / "crp" / "fingerprint.json").read_text())["reverse_steps"] == 2
+    assert "reverse_steps" not in json.loads((tmp_path / "base" / "fingerprint.json").read_text())
+    with pytest.raises(CheckpointMismatch, match="reverse_steps"):
+        train(dataclasses.replace(cfg, reverse_steps=3), tmp_path / "crp", dataset)
+    with pytest.raises(ValueError, match="reverse_steps=3 is used only by mode='correct-reverse'"):
+        TrainConfig(model=MODEL, reverse_steps=3)
+    with pytest.raises(ValueError, match="reverse_steps must be a positive integer"):
+        TrainConfig(model=MODEL, mode="correct-reverse", reverse_steps=0)
+
+
 def test_reference_mode_names_and_bad_config():
     assert TrainConfig(model=MODEL, mode="regen-freeze-denoiser").mode == "freeze-predictor"
     assert TrainConfig(model=MODEL, mode="denoiser-only").mode == "predictor-only"
