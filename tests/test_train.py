@@ -619,6 +619,24 @@ def test_second_shipped_model_shares_the_predictor():
                zip(jax.tree_util.tree_leaves(alt.params["score"]), jax.tree_util.tree_leaves(base.params["score"])))
 
 
+def test_third_shipped_model_is_tuned_through_its_sampler():
+    """``pretrained:tiny-embedded-crp``: the σ_max = 0.25 model fine-tuned by ``correct-reverse``
+    through the 5-step reference sampler. Its config records ``sampler_steps = 5``, the SDE and
+    backbone are the σ_max = 0.25 model's, the predictor is the default model's bit for bit,
+    and only the score network changed."""
+    from storm_jax.checkpoints import resolve_model
+
+    if any(storm_jax.pretrained_path(n) is None for n in ("tiny-embedded", "tiny-embedded-smax025", "tiny-embedded-crp")):
+        pytest.skip("the pretrained models are not shipped in this checkout")
+    base, smax, crp = (resolve_model(f"pretrained:{n}") for n in ("tiny-embedded", "tiny-embedded-smax025", "tiny-embedded-crp"))
+    assert crp.config.sampler_steps == 5 and smax.config.sampler_steps is None
+    assert crp.config == dataclasses.replace(smax.config, sampler_steps=5)
+    for a, b in zip(jax.tree_util.tree_leaves(crp.params["predictor"]), jax.tree_util.tree_leaves(base.params["predictor"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree_util.tree_leaves(crp.params["score"]), jax.tree_util.tree_leaves(smax.params["score"])))
+
+
 def test_cli_evaluate_json_with_the_shipped_model(tmp_path, capsys):
     if storm_jax.pretrained_path() is None:
         pytest.skip("no pretrained model shipped in this checkout")
