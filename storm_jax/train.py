@@ -26,7 +26,7 @@ Modes (reference names in brackets):
     ``ScoreModel`` (SGMSE+): the attractor is Y itself, ``μ = e^{−θt}·X + (1 − e^{−θt})·Y``,
     the score sees ``[x_t, Y]`` (``condition="noisy"``), ``L = mean_b ½·Σ|σ·s + z|²``.
 ``correct-reverse`` [not in the reference: CRP, Lay et al. 2023, "Single and few-step diffusion
-for generative speech enhancement", arXiv 2309.09677, § 3]
+for generative speech enhancement", arXiv 2309.09677]
     the second training stage of CRP applied to StoRM: the predictor is frozen and the score
     network, usually trained by ``freeze-predictor`` first (``init_from``), is fine-tuned through
     the reverse process itself. With fresh draws per step, ``x̂ = sampler_N(s_θ; Y, C, z)`` — the
