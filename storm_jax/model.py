@@ -385,7 +385,8 @@ def score_guidance(model: StormModel, guide: StormModel, weight: float, names: t
     condition kept in both terms), ``w = 0`` is the plain model and ``w = −1`` the C-only one.
 
     The models must share the predictor (bit for bit), the SDE, the spectrogram settings and the
-    score network's backbone; ``model`` may be a score ensemble, ``guide`` must be one network.
+    score network's backbone; ``model`` may be a score ensemble, ``guide`` must be one network;
+    neither may be fine-tuned through a sampler (``sampler_steps``: not a score).
     The result takes ``model``'s score symmetry for both networks. Raises ``ValueError`` naming
     (by ``names``) the model that does not fit and why.
     """
@@ -399,6 +400,10 @@ def score_guidance(model: StormModel, guide: StormModel, weight: float, names: t
         raise ValueError(f"score_guidance: {a if mc.guidance is not None else b} already has a guide network")
     if gc.score_members != 1:
         raise ValueError(f"score_guidance: {b} is an ensemble of {gc.score_members} score networks; the guide must be one network")
+    for name, cfg in ((a, mc), (b, gc)):
+        if cfg.sampler_steps is not None:  # its network is part of an N-step map, not a score
+            raise ValueError(f"score_guidance: {name} was fine-tuned through its {cfg.sampler_steps}-step sampler (correct-reverse), "
+                             "so its network is not a score to combine; guide score-matching networks")
     for field in ("sde", "spec", "backbone"):
         if getattr(mc, field) != getattr(gc, field):
             raise ValueError(f"score_guidance: {b} differs from {a} in its {field}")

@@ -216,6 +216,8 @@ def test_score_ensemble_is_the_mean_of_its_members(tiny, tmp_path):
         sj.score_ensemble([tiny, sj.init_storm("tiny", jax.random.key(1))], names=["A", "B"])
     with pytest.raises(ValueError, match=r"model 1 differs from model 0 in its configuration \(sde\)"):
         sj.score_ensemble([tiny, tiny.replace(config=dataclasses.replace(tiny.config, sde=sj.OUVE(sigma_max=0.25)))])
+    with pytest.raises(ValueError, match=r"model 1 differs from model 0 in its configuration \(sampler_steps\)"):
+        sj.score_ensemble([tiny, tiny.replace(config=dataclasses.replace(tiny.config, sampler_steps=5))])
     with pytest.raises(ValueError, match="score_members must be an integer >= 1"):
         dataclasses.replace(tiny.config, score_members=0)
     with pytest.raises(IndexError):
@@ -275,6 +277,8 @@ def test_score_guidance_combines_the_two_networks(tiny, tmp_path):
         sj.score_guidance(tiny, c_only.replace(config=dataclasses.replace(c_only.config, sde=sj.OUVE(sigma_max=0.25))), 1.0)
     with pytest.raises(ValueError, match="already has a guide network"):
         sj.score_guidance(guided, c_only, 1.0)
+    with pytest.raises(ValueError, match="model was fine-tuned through its 5-step sampler"):
+        sj.score_guidance(tiny.replace(config=dataclasses.replace(tiny.config, sampler_steps=5)), c_only, 1.0)
     with pytest.raises(ValueError, match="model 1 has a guide network; join the conditional networks first"):
         sj.score_ensemble([tiny, guided])
     with pytest.raises(ValueError, match="guidance must be a finite number"):
