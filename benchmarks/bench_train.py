@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def bench(preset: str, batch: int, frames: int, steps: int, mode: str = "joint", reverse_steps: int = 5) -> dict:
+def bench(preset: str, batch: int, frames: int, steps: int, mode: str = "joint", reverse_steps: int | None = None) -> dict:
     from storm_jax.model import storm_config
     from storm_jax.nn import count_params
     from storm_jax.train import StepSpec, TrainConfig, init_train_state, train_step
 
-    cfg = TrainConfig(model=storm_config(preset), mode=mode, batch_size=batch, frames=frames, steps=steps, progress=False,
-                      reverse_steps=reverse_steps if mode == "correct-reverse" else 5)
+    extra = {"reverse_steps": reverse_steps} if mode == "correct-reverse" and reverse_steps is not None else {}
+    cfg = TrainConfig(model=storm_config(preset), mode=mode, batch_size=batch, frames=frames, steps=steps, progress=False, **extra)
     state = init_train_state(cfg)
     spec = StepSpec.of(cfg)
     n = (frames - 1) * cfg.model.spec.hop
@@ -46,7 +46,7 @@ def bench(preset: str, batch: int, frames: int, steps: int, mode: str = "joint",
         state, parts = train_step(spec, state, clean, noisy)
     jax.block_until_ready((state.params, parts["loss"]))
     wall = time.perf_counter() - t0
-    return {"preset": preset, "mode": cfg.mode + (f" (N = {reverse_steps})" if mode == "correct-reverse" else ""), "params": count_params(state.params), "batch": batch, "frames": frames, "steps": steps,
+    return {"preset": preset, "mode": cfg.mode + (f" (N = {cfg.reverse_steps})" if cfg.mode == "correct-reverse" else ""), "params": count_params(state.params), "batch": batch, "frames": frames, "steps": steps,
             "compile_and_first_step_s": round(compile_s, 2), "s_per_step": round(wall / steps, 3),
             "steps_per_s": round(steps / wall, 4), "loss": float(parts["loss"])}
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--modes", nargs="+", default=["joint"], help="training modes (storm_jax.train.MODES)")
-    p.add_argument("--reverse-steps", type=int, default=5, help="N of the correct-reverse loss")
+    p.add_argument("--reverse-steps", type=int, default=None, help="N of the correct-reverse loss (default: TrainConfig's)")
     args = p.parse_args(argv)
     print(json.dumps({"device": str(jax.devices()[0]), "cpu": platform.processor() or platform.machine(), "jax": jax.__version__}))
     rows = []

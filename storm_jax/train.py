@@ -107,9 +107,11 @@ _MODE_ALIASES = {
 
 # Fields of TrainConfig that may change between a run and its resumption.
 _RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utterances", "val_steps", "keep", "progress")
+# N of the correct-reverse sampler unless a run sets it (the CRP publication's headline N).
+DEFAULT_REVERSE_STEPS = 5
 # Fields recorded in a run's fingerprint only when they differ from their default (runs made before
 # they existed keep their fingerprint).
-_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": 5}
+_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": DEFAULT_REVERSE_STEPS}
 
 
 class TrainingDiverged(RuntimeError):
@@ -204,7 +206,7 @@ class TrainConfig:
     init_networks: tuple[str, ...] | None = None
     lr_warmup: int = 0
     lr_decay: int = 0
-    reverse_steps: int = 5
+    reverse_steps: int = DEFAULT_REVERSE_STEPS
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -231,7 +233,7 @@ class TrainConfig:
             problems.append(f"predictor_steps={self.predictor_steps} needs mode='freeze-predictor'")
         if not isinstance(self.reverse_steps, (int, np.integer)) or self.reverse_steps < 1:
             problems.append(f"reverse_steps must be a positive integer, got {self.reverse_steps!r}")
-        elif self.reverse_steps != 5 and mode != "correct-reverse":
+        elif self.reverse_steps != DEFAULT_REVERSE_STEPS and mode != "correct-reverse":
             problems.append(f"reverse_steps={self.reverse_steps} is used only by mode='correct-reverse'")
         for name in ("lr_warmup", "lr_decay"):
             v = getattr(self, name)
@@ -298,7 +300,7 @@ def spectrograms(model_config: StormConfig, clean, noisy):
 
 
 def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: float, X, Y, key,
-               reverse_steps: int = 5) -> tuple[Array, dict]:
+               reverse_steps: int = DEFAULT_REVERSE_STEPS) -> tuple[Array, dict]:
     """The training loss of ``mode`` (module docstring) and its parts.
 
     Args:
@@ -452,7 +454,7 @@ class StepSpec:
     weighting: float
     lr_warmup: int = 0
     lr_decay: int = 0
-    reverse_steps: int = 5
+    reverse_steps: int = DEFAULT_REVERSE_STEPS
 
     @classmethod
     def of(cls, config: TrainConfig, step: int | None = None) -> "StepSpec":

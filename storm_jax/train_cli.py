@@ -36,7 +36,8 @@ def cmd_train(args) -> int:
         steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
         init_from=init_from, init_networks=tuple(args.init_networks) if args.init_networks else None,
-        lr_warmup=args.lr_warmup, lr_decay=args.lr_decay, reverse_steps=args.reverse_steps,
+        lr_warmup=args.lr_warmup, lr_decay=args.lr_decay,
+        **({} if args.reverse_steps is None else {"reverse_steps": args.reverse_steps}),
     )
     data = "embedded" if args.data == "embedded" else args.data
     try:
@@ -122,8 +123,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mode", default="joint",
                    help="joint | freeze-predictor | predictor-only | score-only (reference names accepted) | correct-reverse "
                         "(fine-tune the score network through the reverse process, CRP; start from a trained model with --init-from)")
-    t.add_argument("--reverse-steps", type=positive_int, default=5, metavar="N",
-                   help="correct-reverse mode: reverse steps N the loss runs and back-propagates through (sample with --steps N)")
+    t.add_argument("--reverse-steps", type=positive_int, default=None, metavar="N",
+                   help="correct-reverse mode: reverse steps N the loss runs and back-propagates through (default 5; "
+                        "the exported model samples with this N)")
     t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
     t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")
     t.add_argument("--sigma-max", type=float, default=None, help="OUVE σ_max (default 0.5)")
