@@ -125,13 +125,16 @@ def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path | None:
 
 def load_model(path: str | os.PathLike | None = None, dtype=jnp.float32) -> StormModel:
     """Load a model directory written by :func:`save_model` (parameters cast to ``dtype``);
-    without ``path``, the shipped pretrained model (:data:`DEFAULT_PRETRAINED`)."""
+    without ``path``, the shipped pretrained model (:data:`DEFAULT_PRETRAINED`); ``"pretrained:NAME"``
+    (as the CLI's ``--checkpoint``), the shipped model ``NAME`` unless a directory of that name exists."""
     import orbax.checkpoint as ocp
 
-    if path is None:
-        path = pretrained_path()
+    spec = None if path is None else str(path)
+    if (spec is None or spec == "pretrained" or spec.startswith("pretrained:")) and not (spec and Path(spec).exists()):
+        name = spec.split(":", 1)[1] if spec and ":" in spec else DEFAULT_PRETRAINED
+        path = pretrained_path(name)
         if path is None:
-            raise FileNotFoundError(f"no pretrained model is installed in {PRETRAINED_DIR / DEFAULT_PRETRAINED}; pass a model directory")
+            raise FileNotFoundError(f"no pretrained model {name!r} is installed in {PRETRAINED_DIR}; pass a model directory")
     path = Path(path).absolute()
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -166,12 +169,6 @@ def resolve_model(spec: str | None, key=None) -> StormModel:
     pretrained model when it is installed, else ``preset:tiny``."""
     if spec is None:
         spec = default_model_spec()
-    if spec == "pretrained" or spec.startswith("pretrained:"):
-        name = spec.split(":", 1)[1] if ":" in spec else DEFAULT_PRETRAINED
-        path = pretrained_path(name)
-        if path is None:
-            raise FileNotFoundError(f"no pretrained model {name!r} in {PRETRAINED_DIR}")
-        return load_model(path)
     if spec.startswith("preset:"):
         name = spec.split(":", 1)[1]
         ncsnpp_config(name)  # validates the name

@@ -38,6 +38,9 @@ for generative speech enhancement", arXiv 2309.09677]
     (The publication's code, github.com/sp-uhh/sgmse_crp, runs the earlier steps without
     gradient and back-propagates through the last one only, from a random start time and N; here
     the whole fixed sampler is differentiated, which costs N network backward passes per step.)
+    With ``logmag_weight`` λ > 0 (not in CRP) the loss adds
+    ``λ·mean_b ½·Σ(log(|x̂|² + ε) − log(|X|² + ε))²``, which sees the attenuation of quieter speech
+    bins that the complex error, ruled by the loudest bins, hardly does (:func:`storm_loss`).
 
 Optimiser: Adam (lr 1e-4, PyTorch defaults β = (0.9, 0.999), ε = 1e-8), at a constant learning rate
 as the reference, or (``lr_warmup``, ``lr_decay``) warmed up linearly from 0 and then cosine-decayed
@@ -111,7 +114,8 @@ _RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utter
 DEFAULT_REVERSE_STEPS = 5
 # Fields recorded in a run's fingerprint only when they differ from their default (runs made before
 # they existed keep their fingerprint).
-_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": DEFAULT_REVERSE_STEPS}
+_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": DEFAULT_REVERSE_STEPS,
+                    "logmag_weight": 0.0, "logmag_floor": 1e-3}
 
 
 class TrainingDiverged(RuntimeError):
@@ -181,6 +185,8 @@ class TrainConfig:
             already-trained predictor.
         reverse_steps: N of the sampler the ``correct-reverse`` loss runs (and back-propagates
             through); its validation samples with the same N. Unused by the other modes.
+        logmag_weight, logmag_floor: ``correct-reverse`` only: weight λ and floor ε of the
+            log-magnitude term added to its loss (:func:`storm_loss`; 0: the plain CRP loss).
     """
 
     model: StormConfig = dataclasses.field(default_factory=lambda: storm_config("tiny"))
@@ -207,6 +213,8 @@ class TrainConfig:
     lr_warmup: int = 0
     lr_decay: int = 0
     reverse_steps: int = DEFAULT_REVERSE_STEPS
+    logmag_weight: float = 0.0
+    logmag_floor: float = 1e-3
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -235,6 +243,12 @@ class TrainConfig:
             problems.append(f"reverse_steps must be a positive integer, got {self.reverse_steps!r}")
         elif self.reverse_steps != DEFAULT_REVERSE_STEPS and mode != "correct-reverse":
             problems.append(f"reverse_steps={self.reverse_steps} is used only by mode='correct-reverse'")
+        if not (math.isfinite(self.logmag_weight) and self.logmag_weight >= 0):
+            problems.append(f"logmag_weight must be finite and >= 0, got {self.logmag_weight}")
+        elif self.logmag_weight and mode != "correct-reverse":
+            problems.append(f"logmag_weight={self.logmag_weight} is used only by mode='correct-reverse'")
+        if not (math.isfinite(self.logmag_floor) and self.logmag_floor > 0):
+            problems.append(f"logmag_floor must be finite and > 0, got {self.logmag_floor}")
         for name in ("lr_warmup", "lr_decay"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 0:
@@ -300,7 +314,8 @@ def spectrograms(model_config: StormConfig, clean, noisy):
 
 
 def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: float, X, Y, key,
-               reverse_steps: int = DEFAULT_REVERSE_STEPS) -> tuple[Array, dict]:
+               reverse_steps: int = DEFAULT_REVERSE_STEPS, logmag_weight: float = 0.0,
+               logmag_floor: float = 1e-3) -> tuple[Array, dict]:
     """The training loss of ``mode`` (module docstring) and its parts.
 
     Args:
@@ -309,11 +324,17 @@ def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: fl
         key: PRNG key; split into ``(k_t, k_z)`` for ``t ~ U(t_eps, T)`` and ``z`` (in
             ``correct-reverse`` mode: the sampler's draws, :func:`~storm_jax.sampling.make_draws`).
         reverse_steps: N of the ``correct-reverse`` sampler.
+        logmag_weight, logmag_floor: ``correct-reverse`` only: λ and ε of the log-magnitude term
+            ``L = mean_b ½·Σ|x̂ − X|² + λ·mean_b ½·Σ(log(|x̂|² + ε) − log(|X|² + ε))²`` (squared
+            magnitudes of the compressed spectrograms). Not in CRP: the complex error is ruled by
+            the loud bins, while PESQ also weighs the attenuation of quieter speech, which this
+            term sees; ε = 1e-3 is about the median |X|² of the embedded corpus' crops.
 
     Returns:
         ``(loss, {"loss", "loss_score", "loss_predictor"})`` (absent parts are 0). In
-        ``correct-reverse`` mode ``loss_score`` is the loss of the sampler's output (the loss
-        itself) and ``loss_predictor`` the frozen predictor's ``mean_b ½·Σ|C − X|²`` on the same
+        ``correct-reverse`` mode ``loss_score`` is the sampler output's ``mean_b ½·Σ|x̂ − X|²``
+        (the loss itself unless λ > 0, when ``loss_logmag`` holds the unweighted log-magnitude
+        term) and ``loss_predictor`` the frozen predictor's ``mean_b ½·Σ|C − X|²`` on the same
         batch, so ``loss_score < loss_predictor`` means the reverse process ends closer to X than C.
     """
     model = StormModel(config=model_config, params=params)
@@ -334,8 +355,14 @@ def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: fl
         cfg = SamplerConfig(steps=reverse_steps)  # the reference sampler (module docstring)
         draws = make_draws(key, X.shape, cfg, X.dtype)
         x_hat = sample_with_score(sde, lambda x, t: score(model, x, t, Y, C), C, draws, cfg, unroll=True)
-        loss = per_example(x_hat - X)
-        return loss, {"loss": loss, "loss_score": loss, "loss_predictor": per_example(C - X)}
+        loss_out = per_example(x_hat - X)
+        parts = {"loss_score": loss_out, "loss_predictor": per_example(C - X)}
+        loss = loss_out
+        if logmag_weight:
+            floor = jnp.asarray(logmag_floor, rdt)
+            parts["loss_logmag"] = per_example(jnp.log(jnp.abs(x_hat) ** 2 + floor) - jnp.log(jnp.abs(X) ** 2 + floor))
+            loss = loss + jnp.asarray(logmag_weight, rdt) * parts["loss_logmag"]
+        return loss, {"loss": loss, **parts}
     kt, kz = jax.random.split(key)
     t = jax.random.uniform(kt, (B,), rdt) * (sde.T - sde.t_eps) + sde.t_eps
     z = complex_normal(kz, X.shape, X.dtype)
@@ -455,6 +482,8 @@ class StepSpec:
     lr_warmup: int = 0
     lr_decay: int = 0
     reverse_steps: int = DEFAULT_REVERSE_STEPS
+    logmag_weight: float = 0.0
+    logmag_floor: float = 1e-3
 
     @classmethod
     def of(cls, config: TrainConfig, step: int | None = None) -> "StepSpec":
@@ -464,7 +493,7 @@ class StepSpec:
         if mode == "freeze-predictor" and step is not None and step < config.predictor_steps:
             mode = "predictor-stage"
         return cls(model_config_for(config), mode, config.lr, config.ema_decay, config.weighting,
-                   config.lr_warmup, config.lr_decay, config.reverse_steps)
+                   config.lr_warmup, config.lr_decay, config.reverse_steps, config.logmag_weight, config.logmag_floor)
 
 
 def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
@@ -473,7 +502,8 @@ def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[Train
     X, Y = spectrograms(mcfg, clean, noisy)
     grad_fn = jax.value_and_grad(storm_loss, has_aux=True)
     loss_mode = "predictor-only" if config.mode == "predictor-stage" else config.mode
-    (_, parts), grads = grad_fn(state.params, mcfg, loss_mode, config.weighting, X, Y, key, config.reverse_steps)
+    (_, parts), grads = grad_fn(state.params, mcfg, loss_mode, config.weighting, X, Y, key, config.reverse_steps,
+                                  config.logmag_weight, config.logmag_floor)
     opt = _optimizer(config)
     params, opt_state = dict(state.params), dict(state.opt_state)
     for name in _TRAINED[config.mode]:  # networks not trained in this mode keep params and optimiser state

@@ -38,6 +38,8 @@ def cmd_train(args) -> int:
         init_from=init_from, init_networks=tuple(args.init_networks) if args.init_networks else None,
         lr_warmup=args.lr_warmup, lr_decay=args.lr_decay,
         **({} if args.reverse_steps is None else {"reverse_steps": args.reverse_steps}),
+        **({} if args.logmag_weight is None else {"logmag_weight": args.logmag_weight}),
+        **({} if args.logmag_floor is None else {"logmag_floor": args.logmag_floor}),
     )
     data = "embedded" if args.data == "embedded" else args.data
     try:
@@ -126,6 +128,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--reverse-steps", type=positive_int, default=None, metavar="N",
                    help="correct-reverse mode: reverse steps N the loss runs and back-propagates through (default 5; "
                         "the exported model samples with this N)")
+    t.add_argument("--logmag-weight", type=float, default=None, metavar="LAMBDA",
+                   help="correct-reverse mode: add LAMBDA times the squared log-magnitude error of the output, "
+                        "(log(|x|^2 + eps) - log(|X|^2 + eps))^2, to the loss (default 0: plain CRP)")
+    t.add_argument("--logmag-floor", type=float, default=None, metavar="EPS",
+                   help="eps of --logmag-weight, in squared compressed magnitude (default 1e-3)")
     t.add_argument("--theta", type=float, default=None, help="OUVE stiffness θ (default 1.5)")
     t.add_argument("--sigma-min", type=float, default=None, help="OUVE σ_min (default 0.05)")
     t.add_argument("--sigma-max", type=float, default=None, help="OUVE σ_max (default 0.5)")

@@ -27,6 +27,7 @@ from storm_jax.train import (
     StepSpec,
     TrainConfig,
     TrainingDiverged,
+    _fingerprint_dict,
     ema_init,
     ema_update,
     init_train_state,
@@ -128,10 +129,13 @@ def test_freeze_predictor_step_leaves_the_predictor_unchanged():
 
 def test_correct_reverse_loss_is_the_error_of_the_sampler_output():
     """``correct-reverse`` (CRP): the loss is the batch mean of ½·Σ|x̂ − X|², x̂ the reference
-    sampler's output (N steps, draws of the key), ``loss_predictor`` the frozen C's; its gradient
-    reaches the score network through all N steps (a directional central difference in float64,
-    1e-6 relative) and never the predictor."""
-    N = 3
+    sampler's output (N steps, draws of the key), ``loss_predictor`` the frozen C's; with
+    ``logmag_weight`` λ > 0 it adds ``λ·mean_b ½·Σ(log(|x̂|² + ε) − log(|X|² + ε))²`` and
+    ``loss_score`` stays the complex term (all 1e-12 relative to NumPy). The gradient of that
+    loss reaches the score network through all N steps (a directional central difference in
+    float64, 1e-6 relative) and never the predictor. The term is refused outside
+    ``correct-reverse`` and with ε <= 0; a run's fingerprint records it only when λ > 0."""
+    N, lam, eps = 3, 0.01, 1e-3
     mcfg = model_config_for(dataclasses.replace(CFG, mode="correct-reverse", reverse_steps=N))
     model = init_storm(mcfg, 4, dtype=jnp.float64)
     r = np.random.default_rng(4)
@@ -139,23 +143,37 @@ def test_correct_reverse_loss_is_the_error_of_the_sampler_output():
     X, Y = spectrograms(mcfg, clean, clean + jnp.asarray(0.1 * r.standard_normal((2, 15 * HOP))))
     assert X.dtype == jnp.complex128 and X.shape == (2, 256, 16)
     key = jax.random.key(3)
-    loss, parts = storm_loss(model.params, mcfg, "correct-reverse", 0.5, X, Y, key, reverse_steps=N)
+    f = lambda p, w=lam: storm_loss(p, mcfg, "correct-reverse", 0.5, X, Y, key, N, w, eps)
+    loss, parts = f(model.params, 0.0)
     C = predictor(model, Y)
     cfg = storm_jax.SamplerConfig(steps=N)
     x_hat = np.asarray(storm_jax.sample(model, Y, C, storm_jax.make_draws(key, X.shape, cfg, X.dtype), cfg))
     np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(x_hat - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-12)
     np.testing.assert_allclose(float(parts["loss_predictor"]), np.mean(0.5 * np.sum(np.abs(np.asarray(C - X)) ** 2, axis=(1, 2))), rtol=1e-12)
-    assert float(parts["loss_score"]) == float(loss)
+    assert float(parts["loss_score"]) == float(loss) and "loss_logmag" not in parts
+    lm_loss, lm_parts = f(model.params)
+    d = np.log(np.abs(x_hat) ** 2 + eps) - np.log(np.abs(np.asarray(X)) ** 2 + eps)
+    hand = np.mean(0.5 * np.sum(d ** 2, axis=(1, 2)))
+    np.testing.assert_allclose(float(lm_parts["loss_logmag"]), hand, rtol=1e-12)
+    np.testing.assert_allclose(float(lm_loss), float(loss) + lam * hand, rtol=1e-12)
+    assert float(lm_parts["loss_score"]) == float(loss)
 
-    f = lambda p: storm_loss(p, mcfg, "correct-reverse", 0.5, X, Y, key, reverse_steps=N)[0]
-    grads = jax.grad(f)(model.params)
+    grads = jax.grad(lambda p: f(p)[0])(model.params)
     assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads["predictor"]))
     v = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(a.size).standard_normal(a.shape)), model.params["score"])
-    along = lambda eps: f({**model.params, "score": jax.tree_util.tree_map(lambda a, d: a + eps * d, model.params["score"], v)})
+    along = lambda h: float(f({**model.params, "score": jax.tree_util.tree_map(lambda a, e: a + h * e, model.params["score"], v)})[0])
     delta = 1e-6
-    fd = (float(along(delta)) - float(along(-delta))) / (2 * delta)
-    ad = sum(float(jnp.sum(g * d)) for g, d in zip(jax.tree_util.tree_leaves(grads["score"]), jax.tree_util.tree_leaves(v)))
+    fd = (along(delta) - along(-delta)) / (2 * delta)
+    ad = sum(float(jnp.sum(g * e)) for g, e in zip(jax.tree_util.tree_leaves(grads["score"]), jax.tree_util.tree_leaves(v)))
     np.testing.assert_allclose(ad, fd, rtol=1e-6)
+
+    with pytest.raises(ValueError, match="logmag_weight=0.1 is used only by mode='correct-reverse'"):
+        TrainConfig(model=MODEL, logmag_weight=0.1)
+    with pytest.raises(ValueError, match="logmag_floor must be finite and > 0"):
+        TrainConfig(model=MODEL, mode="correct-reverse", logmag_weight=0.1, logmag_floor=0.0)
+    crp = dataclasses.replace(CFG, mode="correct-reverse")
+    assert "logmag_weight" not in _fingerprint_dict(crp, "data")
+    assert _fingerprint_dict(dataclasses.replace(crp, logmag_weight=lam), "data")["logmag_weight"] == lam
 
 
 def test_correct_reverse_run_fine_tunes_only_the_score_network(tmp_path, dataset):
@@ -600,6 +618,9 @@ def test_shipped_model_loads_and_enhances():
     from storm_jax.checkpoints import resolve_model
 
     assert resolve_model(None).config == model.config
+    assert storm_jax.load_model("pretrained:tiny-embedded").config == model.config
+    with pytest.raises(FileNotFoundError, match="no pretrained model 'nope'"):
+        storm_jax.load_model("pretrained:nope")
 
 
 def test_second_shipped_model_shares_the_predictor():
