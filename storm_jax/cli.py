@@ -1,4 +1,4 @@
-"""The ``storm-jax`` command: ``demo``, ``enhance``, ``info``, ``corpus``, ``import-ckpt``,
+"""The ``storm-jax`` command: ``demo`` (the experiments, :mod:`storm_jax.experiments.cli`), ``enhance``, ``enhance-example``, ``info``, ``corpus``, ``import-ckpt``,
 ``export-ckpt``, ``ensemble`` (and the training commands of ``train_cli``)."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_enhance_example(args) -> int:
     """Enhance a generated example (with the shipped pretrained model unless --checkpoint is given)."""
     import jax
     import numpy as np
@@ -221,13 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storm-jax", description="Differentiable analysis of StoRM in JAX")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="enhance a generated example (the default main job)")
+    d = sub.add_parser("enhance-example", help="enhance a generated example and write clean/noisy/enhanced WAVs",
+                       description="Example: storm-jax enhance-example --output outputs/example")
     d.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped pretrained model)")
     add_steps(d)
     d.add_argument("--seconds", type=float, default=2.0)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--output", "-o", default="outputs/demo")
-    d.set_defaults(func=cmd_demo)
+    d.add_argument("--output", "-o", default="outputs/example")
+    d.set_defaults(func=cmd_enhance_example)
 
     e = sub.add_parser("enhance", help="enhance audio files, lists of files or folders")
     e.add_argument("inputs", nargs="+", help="audio files, folders, or .txt/.lst files listing paths")
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_cli import add_commands  # train, evaluate, export
 
     add_commands(sub)
+
+    from .experiments.cli import add_commands as add_experiment_commands  # experiment, report, demo
+
+    add_experiment_commands(sub)
     return p
 
 
@@ -293,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return build_corpus_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from .experiments.store import StoreError
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, StoreError) as err:
         print(f"storm-jax {args.command}: {err}", file=sys.stderr)
         return 2
 

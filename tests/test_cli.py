@@ -136,8 +136,8 @@ def test_enhance_nothing_to_do(tmp_path, capsys):
     assert "no audio files" in capsys.readouterr().err
 
 
-def test_demo_runs(tmp_path, capsys):
-    assert main(["demo", "--steps", "2", "--seconds", "0.5", "-o", str(tmp_path)]) == 0
+def test_enhance_example_runs(tmp_path, capsys):
+    assert main(["enhance-example", "--steps", "2", "--seconds", "0.5", "-o", str(tmp_path)]) == 0
     assert "SI-SDR enhanced" in capsys.readouterr().out
     for name in ("clean", "noisy", "enhanced"):
         x, rate = sf.read(tmp_path / f"{name}.wav")

@@ -1,0 +1,125 @@
+"""``storm-jax experiment``, ``storm-jax report`` and ``storm-jax demo`` (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_commands", "enable_compilation_cache"]
+
+EXPERIMENT_ORDER = ("p0", "e1", "e2", "e3", "e4")
+
+
+def enable_compilation_cache(path: str | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in ``path`` (default
+    ``$STORM_JAX_COMPILATION_CACHE``, else ``<user cache>/storm-jax/jax-compilation``), so a second
+    run — and the test suite — do not compile again."""
+    import jax
+    import platformdirs
+
+    root = Path(path or os.environ.get("STORM_JAX_COMPILATION_CACHE") or Path(platformdirs.user_cache_dir("storm-jax")) / "jax-compilation")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return root  # an unwritable cache only costs compile time
+    jax.config.update("jax_compilation_cache_dir", str(root))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return root
+
+
+def _load_experiments():
+    from . import EXPERIMENTS  # registers every experiment
+
+    return EXPERIMENTS
+
+
+def run_named(names, args, *, progress: bool = True) -> Path:
+    """Run the experiments ``names`` into ``args.out`` (shared context, one after another)."""
+    from .context import load_context
+    from .presets import get_preset
+    from .runner import run_experiment
+
+    exps = _load_experiments()
+    preset = get_preset(args.preset)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    ctx = load_context(preset, args.checkpoint, args.data, args.seed, progress=progress)
+    for name in names:
+        t0 = time.perf_counter()
+        run_experiment(exps[name], ctx, out, progress=progress)
+        if progress:
+            print(f"{name}: done in {time.perf_counter() - t0:.0f} s → {out / name}", file=sys.stderr)
+    return out
+
+
+def cmd_experiment(args) -> int:
+    enable_compilation_cache(args.compilation_cache)
+    run_named([args.name], args, progress=not args.quiet)
+    from .report import build_report
+
+    report = build_report(args.out)
+    print(f"{args.name}: tables and figures in {Path(args.out) / args.name}; report {report['md']}")
+    for line in report["verdicts"]:
+        print(line)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    _load_experiments()
+    report = build_report(args.out)
+    print(f"wrote {report['md']} and {report['html']}")
+    for line in report["verdicts"]:
+        print(line)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """P0 and E1–E4 at the quick preset on the shipped model and the embedded corpus, then the report."""
+    enable_compilation_cache(args.compilation_cache)
+    t0 = time.perf_counter()
+    run_named(list(EXPERIMENT_ORDER), args, progress=not args.quiet)
+    from .report import build_report
+
+    report = build_report(args.out)
+    print(f"storm-jax demo: P0 and E1–E4 ({args.preset} preset) in {time.perf_counter() - t0:.0f} s")
+    print(f"report: {report['md']} (and {report['html']})")
+    for line in report["verdicts"]:
+        print(line)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, out_default: str | None):
+    p.add_argument("--preset", default="quick", help="quick (CPU minutes), paper (GPU, the full programme) or tiny (tests)")
+    p.add_argument("--out", default=out_default, required=out_default is None, help="output folder (resumable)")
+    p.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped model)")
+    p.add_argument("--data", default=None, help="'embedded' (default) or a dataset folder with a test split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--compilation-cache", default=None, metavar="DIR",
+                   help="JAX persistent compilation cache (default $STORM_JAX_COMPILATION_CACHE or the user cache folder)")
+
+
+def add_commands(sub) -> None:
+    ex = sub.add_parser("experiment", help="run one experiment (p0, e1, e2, e3, e4) as a resumable sweep",
+                        description="Run P0 or E1–E4 into OUT/<name>/ (resumable: finished points are kept), then rebuild "
+                                    "OUT/report.md. Example: storm-jax experiment p0 --preset quick --out results")
+    ex.add_argument("name", choices=EXPERIMENT_ORDER)
+    _common(ex, None)
+    ex.set_defaults(func=cmd_experiment)
+
+    rp = sub.add_parser("report", help="gather the experiments under --out into report.md and report.html",
+                        description="Example: storm-jax report --out results")
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the main job: P0 and E1–E4 (quick preset) on the shipped model, then the report",
+                       description="Example: storm-jax demo --out outputs/demo")
+    _common(d, "outputs/demo")
+    d.set_defaults(func=cmd_demo)

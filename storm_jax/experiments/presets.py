@@ -1,0 +1,109 @@
+"""Sizes of the experimental programme (DESIGN.md § Experiments): ``quick`` for a 2-core CPU,
+``paper`` for a GPU with a published checkpoint, ``tiny`` for the test suite.
+
+A preset fixes everything that decides *which* points a sweep computes; the model, the data and
+the seed are the other settings. All are recorded in each experiment folder's ``settings.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Sizes of P0 and E1–E4.
+
+    Attributes:
+        name: preset name.
+        seconds: length of each utterance crop (the loudest window of that length, in whole
+            64-frame blocks: 0.5 s ↦ 8064 samples = 64 frames).
+        steps: sampler steps N for P0–E3 (the model's grid and predictor otherwise).
+        utterances, paths: P0's utterances × Brownian paths (the bootstrap's two factors).
+        grid_points, m_range: P0's log-spaced M grid on ``m_range`` (× M*).
+        hs: P0's offsets h for the one-sided slopes at M*(1 ± h).
+        jac_utterances, jac_paths: samples of E1–E3.
+        rho_hs: E1/E2 offsets for ρ(h).
+        svd_steps: trajectory steps (evenly spaced, first and last included) where E1 takes the
+            top singular value of J_x; svd_k, svd_matvecs: singular values and Krylov size (E1, E3).
+        gain_h, gain_random: E3's one-sided jump Δu = u(M*(1+h)) − u(M*(1−h)) and the number of
+            random directions it is compared with.
+        ablation_hs: E3's offsets for κ of the plain and the linearized-predictor pipelines.
+        e4_steps: E4's nested N (the largest is the discrete reference; all divide it).
+        e4_utterances, e4_paths: E4's samples; e4_h: the offset of κ_N; e4_kappa_max_steps: κ_N
+            is measured for N up to this; e4_solver: the continuous-time reference (diffrax).
+        n_boot: bootstrap replicates of every interval.
+    """
+
+    name: str
+    seconds: float
+    steps: int
+    utterances: int
+    paths: int
+    grid_points: int
+    m_range: tuple[float, float]
+    hs: tuple[float, ...]
+    jac_utterances: int
+    jac_paths: int
+    rho_hs: tuple[float, ...]
+    svd_steps: int
+    svd_k: int
+    svd_matvecs: int
+    gain_h: float
+    gain_random: int
+    ablation_hs: tuple[float, ...]
+    e4_steps: tuple[int, ...]
+    e4_utterances: int
+    e4_paths: int
+    e4_h: float
+    e4_kappa_max_steps: int
+    e4_solver: str = "sea"
+    n_boot: int = 2000
+
+    def __post_init__(self):
+        finest = max(self.e4_steps)
+        bad = [n for n in self.e4_steps if finest % n]
+        if bad:
+            raise ValueError(f"preset {self.name}: e4_steps {bad} do not divide the finest N = {finest} (nested grids)")
+        if len(self.e4_steps) < 3:
+            raise ValueError(f"preset {self.name}: E4 needs at least 3 step counts (two to fit, one reference)")
+        if min(len(self.hs), len(self.rho_hs), len(self.ablation_hs)) < 2:
+            raise ValueError(f"preset {self.name}: every list of offsets h needs at least 2 values")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny", seconds=0.5, steps=3, utterances=1, paths=2, grid_points=3, m_range=(0.5, 2.0),
+        hs=(0.1, 0.03, 0.01), jac_utterances=1, jac_paths=1, rho_hs=(0.1, 0.03, 0.01), svd_steps=2, svd_k=1,
+        svd_matvecs=3, gain_h=0.03, gain_random=3, ablation_hs=(0.1, 0.03), e4_steps=(2, 4, 8), e4_utterances=1,
+        e4_paths=2, e4_h=0.03, e4_kappa_max_steps=4, n_boot=200,
+    ),
+    "quick": Preset(
+        name="quick", seconds=0.5, steps=8, utterances=2, paths=2, grid_points=7, m_range=(0.25, 4.0),
+        hs=(0.3, 0.1, 0.03, 0.01, 0.003), jac_utterances=2, jac_paths=1, rho_hs=(0.1, 0.03, 0.01, 0.003),
+        svd_steps=3, svd_k=3, svd_matvecs=6, gain_h=0.01, gain_random=8, ablation_hs=(0.1, 0.03, 0.01),
+        e4_steps=(8, 15, 30, 60, 120), e4_utterances=2, e4_paths=1, e4_h=0.03, e4_kappa_max_steps=30,
+    ),
+    "paper": Preset(
+        name="paper", seconds=2.04, steps=30, utterances=50, paths=4, grid_points=41, m_range=(0.25, 4.0),
+        hs=(0.3, 0.1, 0.03, 0.01, 0.003, 0.001), jac_utterances=16, jac_paths=2,
+        rho_hs=(0.3, 0.1, 0.03, 0.01, 0.003, 0.001), svd_steps=6, svd_k=8, svd_matvecs=24, gain_h=0.003,
+        gain_random=32, ablation_hs=(0.1, 0.03, 0.01, 0.003), e4_steps=(8, 15, 30, 60, 120, 240, 480),
+        e4_utterances=16, e4_paths=4, e4_h=0.01, e4_kappa_max_steps=240,
+    ),
+}
+"""The presets. ``quick`` is what ``storm-jax demo`` runs (about 5 minutes on a 2-core CPU);
+``paper`` is the full programme of DESIGN.md for a GPU."""
+
+
+def get_preset(name: str) -> Preset:
+    """The preset ``name``, or a ``ValueError`` listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
