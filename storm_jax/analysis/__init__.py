@@ -38,7 +38,7 @@ from .jacobians import (
 )
 from .kink import DEFAULT_HS, KinkResult, check_h_resolution, kink_from_slopes, kink_statistic
 from .nonsmooth import NormSwitches, distance_to_switch, normalization_switches
-from .sensitivity import Factorization, factorize, pathwise_derivative, si_sdr_derivative
+from .sensitivity import Factorization, factorize, linearized_predictor_derivative, pathwise_derivative, si_sdr_derivative
 
 __all__ = [
     "ErrorCurve",
@@ -66,6 +66,7 @@ __all__ = [
     "frozen_norm_factor",
     "kink_from_slopes",
     "kink_statistic",
+    "linearized_predictor_derivative",
     "normalization_switches",
     "pathwise_derivative",
     "probes_at",

@@ -41,7 +41,7 @@ from ..pipeline import Enhanced, analysis_input, enhance_mixture, mix, synthesis
 from ..sampling import sample
 from ._setup import Prepared, _Static, check_stages, prepare
 
-__all__ = ["pathwise_derivative", "si_sdr_derivative", "factorize", "Factorization"]
+__all__ = ["pathwise_derivative", "si_sdr_derivative", "factorize", "Factorization", "linearized_predictor_derivative"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,3 +313,47 @@ def factorize(
             p.m,
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation: the predictor replaced by its linearization at M*
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("static",))
+def _linearized_core(model, clean, noise, m, m_star, draws, norm_factor, static: _Static):
+    cfg = static.enhance_config(norm_factor)
+    length = clean.shape[-1]
+    (_, _, C0), (_, _, u0) = jax.jvp(lambda q: _front(model, clean, noise, q, cfg, static.power), (m_star,), (jnp.ones_like(m_star),))
+
+    def one(mm):
+        def f(q):
+            Y, nu = analysis_input(model, mix(clean, noise, q, static.power), cfg)
+            C = C0 + (q - m_star) * u0  # C_lin(M) = C(M*) + (M − M*)·u(M*)
+            xhat = sample(model, Y, C, draws, cfg.sampler)
+            return synthesis(model, xhat, length, nu)
+
+        return jax.jvp(f, (mm,), (jnp.ones_like(mm),))
+
+    return _over_m(one, m)
+
+
+def linearized_predictor_derivative(model, clean, noise, m, key, *, m_star: float = 1.0, reference=None,
+                                    **overrides) -> tuple[jax.Array, jax.Array]:
+    """``(SI-SDR, dSI-SDR/dM)`` of the pipeline whose predictor output is replaced by its
+    first-order expansion at M* (E3's ablation, DESIGN.md):
+
+        C_lin(M) = C(M*) + (M − M*)·u(M*),   ŝ_lin(M) = ν(M)·W(S(Y(M), C_lin(M)))
+
+    C_lin is affine in M, so any kink of ŝ_lin at M* comes from the analysis front end or the
+    sampler, not from the predictor: if the kink of :func:`si_sdr_derivative` lives in the
+    predictor, it vanishes here. Shapes and arguments as :func:`si_sdr_derivative` (``m`` a
+    scalar or ``[K]``; the model needs a predictor)."""
+    if not model.config.has_predictor:
+        raise ValueError("the linearized-predictor ablation needs a model with a predictor network")
+    p = prepare(model, clean, noise, m, key, **overrides)
+    m_star_arr = jnp.asarray(m_star, p.m.dtype)
+    wave, dwave = _linearized_core(p.model, p.clean, p.noise, p.m, m_star_arr, p.draws, p.norm_factor, p.static)
+    check_stages([("ablated waveform ŝ_lin", wave), ("ablated dŝ_lin/dM", dwave)], p.m)
+    ref = jnp.asarray(clean if reference is None else reference, wave.dtype)
+    return jax.jvp(lambda w: si_sdr(w, ref), (wave,), (dwave,))
