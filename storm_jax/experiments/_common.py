@@ -50,16 +50,31 @@ def slope_fit(h, samples: np.ndarray, *, n_boot: int, seed: int = 0) -> OrderFit
 
 
 def continuity_verdict(fit: OrderFit | None) -> str:
-    """H1/H2 rule: "continuous" when the slope CI lies above 0.8, "discontinuous" when it
-    contains 0 (ρ does not fall with h), else "undecided"."""
+    """H1/H2 rule (DESIGN.md § Verdicts): "continuous" when the slope CI lies above 0.8,
+    "discontinuous" when it contains 0 (ρ does not fall with h), else "undecided".
+
+    A CI that contains 0 *and* reaches 0.8 is too wide to tell the two apart: it is
+    "undecided" (use :func:`continuity_reason` for the sentence), never a verdict by default."""
     if fit is None:
         return "undecided"
     lo, hi = fit.ci
     if lo > CONTINUITY_SLOPE:
         return "continuous"
-    if lo <= 0 <= hi:
+    if lo <= 0 <= hi and hi < CONTINUITY_SLOPE:
         return "discontinuous"
     return "undecided"
+
+
+def continuity_reason(fit: OrderFit | None) -> str:
+    """Why :func:`continuity_verdict` decided as it did, in a few words."""
+    if fit is None:
+        return "ρ is 0 at some h"
+    lo, hi = fit.ci
+    if lo > CONTINUITY_SLOPE:
+        return f"CI > {CONTINUITY_SLOPE}"
+    if lo <= 0 <= hi:
+        return "CI ∋ 0" if hi < CONTINUITY_SLOPE else f"CI ∋ 0 and reaches {CONTINUITY_SLOPE}: too wide"
+    return f"CI in (0, {CONTINUITY_SLOPE}]" if hi <= CONTINUITY_SLOPE else f"CI straddles {CONTINUITY_SLOPE}"
 
 
 def describe_fit(name: str, fit: OrderFit | None) -> str:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_commands", "enable_compilation_cache"]
+__all__ = ["add_commands", "enable_compilation_cache", "script_main"]
 
 EXPERIMENT_ORDER = ("p0", "e1", "e2", "e3", "e4")
 
@@ -95,8 +95,34 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def script_main(names, argv=None, description: str | None = None) -> int:
+    """The entry point of the scripts in the top-level ``experiments/`` folder: run ``names``
+    (one experiment, or all of them for ``run_all``) with the ``storm-jax experiment`` options,
+    then build the report. Errors are one line and exit code 2, as with the command."""
+    from .store import StoreError
+
+    names = [names] if isinstance(names, str) else list(names)
+    p = argparse.ArgumentParser(description=description or f"Run {', '.join(names)} and rebuild the report.")
+    _common(p, "results")
+    args = p.parse_args(argv)
+    try:
+        enable_compilation_cache(args.compilation_cache)
+        t0 = time.perf_counter()
+        run_named(names, args, progress=not args.quiet)
+        from .report import build_report
+
+        report = build_report(args.out)
+    except (ValueError, FileNotFoundError, StoreError) as err:
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        return 2
+    print(f"{', '.join(names)} in {time.perf_counter() - t0:.0f} s; report {report['md']} (and {report['html']})")
+    for line in report["verdicts"]:
+        print(line)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, out_default: str | None):
-    p.add_argument("--preset", default="quick", help="quick (CPU minutes), paper (GPU, the full programme) or tiny (tests)")
+    p.add_argument("--preset", default="quick", help="quick (CPU minutes), paper (GPU, the full programme), tiny (tests) or a JSON file {\"base\": \"quick\", ...}")
     p.add_argument("--out", default=out_default, required=out_default is None, help="output folder (resumable)")
     p.add_argument("--checkpoint", default=None, help="model directory, pretrained[:NAME] or preset:NAME (default: the shipped model)")
     p.add_argument("--data", default=None, help="'embedded' (default) or a dataset folder with a test split")

@@ -52,6 +52,7 @@ class Context:
         clean, noise: ``[U, L]`` float32 crops of the first U utterances of the test split.
         ids: their utterance ids; data_spec: ``embedded`` or the dataset folder.
         preset: the sizes; seed: the master seed.
+        memo: results shared between experiments of one process (:meth:`memoized`).
     """
 
     model: StormModel
@@ -63,6 +64,15 @@ class Context:
     data_spec: str
     preset: Preset
     seed: int
+    memo: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def memoized(self, key: tuple, compute):
+        """``compute()``, remembered under ``key`` for this run (one entry per key; E1 and E2
+        share their probes this way). Results are pure functions of the point, so a memo never
+        changes a number — only how often it is computed."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def path_key(self, utt: int, path: int):
         """Key of the Brownian path of (utterance, path)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import factorize
-from ._common import by_kind, continuity_verdict, describe_fit, h_list
+from ._common import by_kind, continuity_reason, continuity_verdict, describe_fit, h_list
 from .e1 import M_STAR, _plot, offsets_m, probe_set, rho, rho_table, continuity_summary
 from .runner import Experiment, Figure, Summary, register
 
@@ -60,14 +60,16 @@ def summarize(records, settings) -> Summary:
     sees_y = all(r.get("sees_Y", True) for r in rows)
     lanes = {"rho_C": "J_C·u"} | ({"rho_Y": "J_y·v", "rho_L": "L·v"} if sees_y else {})
     hs, mats, fits, ver = continuity_summary(rows, lanes, int(sz["n_boot"]), int(settings["run"]["seed"]))
-    parts = [f"{describe_fit(label, fits[label])} → {ver[label]}" for label in lanes.values()]
+    parts = [f"{describe_fit(label, fits[label])}: {continuity_reason(fits[label])} → {ver[label]}" for label in lanes.values()]
     if not sees_y:
         parts.append("J_y·v and L·v: not applicable (condition='predictor': the score does not see Y)")
     decisions = set(ver.values())
     overall = "discontinuous" if "discontinuous" in decisions else ("continuous" if decisions == {"continuous"} else "undecided")
-    verdicts = [f"H2: {'; '.join(parts)} (each: CI > 0.8 → continuous, CI ∋ 0 → discontinuous) → {overall}"]
     lv = np.array([r["norm_Lv"] for r in rows])
     ku = np.array([r["norm_Ku"] for r in rows])
+    direct = f"; direct channel ‖L·v‖/‖K·u‖ = {lv.mean() / ku.mean():.3g} at M*" if sees_y and ku.mean() > 0 else ""
+    verdicts = [f"H2: {'; '.join(parts)}{direct} (rule, each: CI > 0.8 → continuous, CI ∋ 0 below 0.8 → discontinuous, "
+                f"else undecided; H2 fails if any is discontinuous) → {overall}"]
     tables = {"rho": rho_table(hs, mats),
               "direct_channel": [{"norm_Ku_mean": float(ku.mean()), "norm_Lv_mean": float(lv.mean()),
                                   "ratio_Lv_Ku": float(lv.mean() / ku.mean()) if ku.mean() > 0 else float("nan")}]}
