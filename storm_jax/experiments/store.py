@@ -229,7 +229,9 @@ class Store:
         buf = io.BytesIO()
         record = {"point": dict(point), "row": dict(row)}
         payload = {f"a_{k}": np.asarray(v) for k, v in (arrays or {}).items()}
-        np.savez(buf, _record=np.frombuffer(_canonical(record).encode(), np.uint8), **payload)
+        # Field order is kept (not sorted): point_id of a read-back point names the same file.
+        text = json.dumps(record, separators=(",", ":"), default=_json_default)
+        np.savez(buf, _record=np.frombuffer(text.encode(), np.uint8), **payload)
         atomic_write(self._file(point_id(point)), buf.getvalue())
 
     def fail(self, point: Mapping[str, Any], stage: str, message: str) -> None:
