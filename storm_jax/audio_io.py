@@ -5,14 +5,17 @@ Every problem is reported as :class:`AudioError` with a one-line message that na
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AudioError", "LoadedAudio", "read_audio", "write_audio", "AUDIO_SUFFIXES", "list_audio"]
+from .files import atomic_write
+
+__all__ = ["AudioError", "LoadedAudio", "read_audio", "write_audio", "wav_frame_counts", "AUDIO_SUFFIXES", "list_audio"]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
@@ -30,19 +33,67 @@ class LoadedAudio:
     rate: int
     original_rate: int
     notices: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
-def read_audio(path: str | os.PathLike, rate: int = 16000, *, downmix: bool = False, min_samples: int = 510) -> LoadedAudio:
+def wav_frame_counts(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(frames the header promises, frames the file holds)`` of a RIFF/WAVE file, from its
+    ``fmt `` block alignment and its ``data`` chunk's declared size against the bytes present;
+    ``None`` for anything else (other formats, RF64, streaming headers with an unknown size).
+    libsndfile reads a truncated file's frames silently: this is how a cut-off copy is caught."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            align, pos = None, 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                tag, n = struct.unpack("<4sI", f.read(8))
+                if tag == b"fmt ":
+                    fmt = f.read(min(n, 16))
+                    if len(fmt) >= 14:
+                        align = struct.unpack("<H", fmt[12:14])[0]
+                elif tag == b"data":
+                    if not align or n in (0, 0xFFFFFFFF):
+                        return None
+                    present = max(0, size - (pos + 8))
+                    return n // align, min(n, present) // align
+                pos += 8 + n + (n & 1)  # chunks are word-aligned
+    except OSError:
+        return None
+    return None
+
+
+def read_audio(path: str | os.PathLike, rate: int = 16000, *, downmix: bool = False, min_samples: int = 510,
+               allow_truncated: bool = False) -> LoadedAudio:
     """Read ``path`` as a mono float32 waveform at ``rate`` Hz.
 
     Other sample rates are resampled with soxr (a notice is recorded); multi-channel audio is
     an error unless ``downmix`` (then channels are averaged). Unreadable files, NaN/Inf samples,
     all-zero audio and audio shorter than ``min_samples`` (one STFT frame at the model rate) raise
-    :class:`AudioError`.
+    :class:`AudioError`; so does a WAV whose header promises more frames than the file holds
+    (:func:`wav_frame_counts`), unless ``allow_truncated`` (then the frames present are read and
+    a warning is recorded).
     """
     import soundfile as sf
 
     path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    warnings = []
+    counts = wav_frame_counts(path)
+    if counts is not None and counts[1] < counts[0]:
+        msg = f"{path}: truncated WAV: the header promises {counts[0]} frames but the file holds {counts[1]}"
+        if not allow_truncated:
+            raise AudioError(f"{msg} (an interrupted copy?); use --allow-truncated to enhance the frames present")
+        warnings.append(f"{msg}; enhancing the {counts[1]} frames present")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types; all mean "cannot read this"
@@ -66,25 +117,19 @@ def read_audio(path: str | os.PathLike, rate: int = 16000, *, downmix: bool = Fa
         notices.append(f"{path}: resampled from {sr} Hz to {rate} Hz")
     if x.size < min_samples:
         raise AudioError(f"{path}: {x.size} samples at {rate} Hz is shorter than one STFT frame ({min_samples} samples)")
-    return LoadedAudio(path=path, samples=x, rate=rate, original_rate=int(sr), notices=tuple(notices))
+    return LoadedAudio(path=path, samples=x, rate=rate, original_rate=int(sr), notices=tuple(notices), warnings=tuple(warnings))
 
 
-def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int) -> Path:
-    """Write a WAV atomically: to a temporary file in the same folder, then ``os.replace``."""
+def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int, subtype: str = "FLOAT") -> Path:
+    """Write a WAV atomically: encoded in memory, then :func:`storm_jax.files.atomic_write` (a
+    temporary file in the same folder, fsync, ``os.replace``; the umask's permissions). Writing
+    the bytes ourselves keeps the OS error (libsndfile reports a full disk as "System error"):
+    any failure is an :class:`~storm_jax.files.OutputError` naming ``path``, nothing half-written."""
     import soundfile as sf
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, np.asarray(samples, dtype=np.float32), rate, subtype="FLOAT", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(samples), rate, subtype=subtype, format="WAV")
+    return atomic_write(path, buf.getvalue())
 
 
 def list_audio(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .audio import SpecConfig
+from .files import umask_mode
 from .model import StormConfig, StormModel, init_storm, param_shapes
 from .nn import NCSNppConfig, ncsnpp_config
 from .sde import OUVE
@@ -86,6 +87,7 @@ def save_model(model: StormModel, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; a model directory is shared like any folder
         (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=2))
         tree = {k: v for k, v in model.params.items() if v is not None}
         tree = jax.tree_util.tree_map(np.asarray, tree)
@@ -151,6 +153,17 @@ def load_model(path: str | os.PathLike | None = None, dtype=jnp.float32) -> Stor
             restored = ckptr.restore(path / "params", target)
         except Exception as err:
             raise ValueError(f"{path / 'params'}: parameters do not match config.json ({str(err).splitlines()[0]})") from None
+    # orbax restores the stored shapes whatever the target says: compare them with the config's.
+    try:
+        bad = [f"{jax.tree_util.keystr(k)} is {tuple(np.shape(a))}, config.json needs {tuple(t.shape)}"
+               for (k, a), t in zip(jax.tree_util.tree_flatten_with_path(restored)[0], jax.tree_util.tree_leaves(target))
+               if tuple(np.shape(a)) != tuple(t.shape)]
+        same_tree = jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(target)
+    except Exception:
+        bad, same_tree = [], False
+    if not same_tree or bad:
+        why = f"{len(bad)} tensor(s) differ, first {bad[0]}" if bad else "the parameter trees differ"
+        raise ValueError(f"{path / 'params'}: parameters do not match config.json ({why})")
     params = {"predictor": restored.get("predictor"), "score": restored.get("score")}
     if cfg.guidance is not None:
         params["guide"] = restored["guide"]

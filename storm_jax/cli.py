@@ -41,6 +41,9 @@ def cmd_enhance(args) -> int:
     from .pipeline import EnhanceConfig, enhance
     from .sampling import SamplerConfig
 
+    from .files import check_output_folder
+
+    out_dir = check_output_folder(args.output, "--output")
     pairs = _enhance_inputs(args.inputs)
     if not pairs:
         print("storm-jax enhance: no audio files found in the given inputs", file=sys.stderr)
@@ -52,14 +55,16 @@ def cmd_enhance(args) -> int:
         sampler=SamplerConfig(steps=sampler_steps(args, model), corrector=args.corrector, snr=args.snr, grid=args.grid),
         samples=args.samples,
     )
-    out_dir = Path(args.output)
     failures: list[str] = []
     done = 0
     for i, (src, rel) in enumerate(tqdm(pairs, desc="enhance", unit="file", disable=args.quiet)):
         try:
-            audio = read_audio(src, rate, downmix=args.downmix, min_samples=model.config.spec.n_fft)
+            audio = read_audio(src, rate, downmix=args.downmix, min_samples=model.config.spec.n_fft,
+                               allow_truncated=args.allow_truncated)
             for note in audio.notices:
                 tqdm.write(f"notice: {note}", file=sys.stderr)
+            for note in audio.warnings:
+                tqdm.write(f"warning: {note}", file=sys.stderr)
             key = jax.random.fold_in(jax.random.key(args.seed), i)
             out = enhance(model, audio.samples, key, config=config)
             if audio.original_rate != rate:
@@ -217,8 +222,29 @@ def cmd_guide(args) -> int:
     return 0
 
 
+# One example per subcommand, shown at the end of its --help.
+EXAMPLES = {
+    "demo": "storm-jax demo --out outputs/demo",
+    "experiment": "storm-jax experiment p0 --preset quick --out results",
+    "report": "storm-jax report --out results",
+    "enhance": "storm-jax enhance noisy/ -o enhanced/ --steps 30 --checkpoint pretrained",
+    "enhance-example": "storm-jax enhance-example --output outputs/example",
+    "evaluate": "storm-jax evaluate --checkpoint pretrained --split test --by noise_type",
+    "train": "storm-jax train --preset tiny --data embedded --steps 1000 --out runs/x",
+    "export": "storm-jax export runs/x models/x --average-from 800",
+    "import-ckpt": "storm-jax import-ckpt VoiceBank.ckpt models/voicebank",
+    "export-ckpt": "storm-jax export-ckpt models/voicebank back.ckpt",
+    "ensemble": "storm-jax ensemble models/ens pretrained:tiny-embedded-smax025 runs/x-avg",
+    "guide": "storm-jax guide models/guided pretrained:tiny-embedded-smax025 runs/c-only --weight 1",
+    "info": "storm-jax info --preset ncsnpp --json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="storm-jax", description="Differentiable analysis of StoRM in JAX")
+    p.add_argument("--version", action="version", version=f"storm-jax {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("enhance-example", help="enhance a generated example and write clean/noisy/enhanced WAVs",
@@ -244,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_guidance(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
+    e.add_argument("--allow-truncated", action="store_true",
+                   help="enhance the frames present in a WAV whose header promises more (with a warning) instead of refusing it")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_enhance)
 
@@ -288,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments.cli import add_commands as add_experiment_commands  # experiment, report, demo
 
     add_experiment_commands(sub)
+    for name, example in EXAMPLES.items():
+        sub.choices[name].epilog = f"example: {example}"
     return p
 
 
@@ -298,10 +328,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return build_corpus_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from .experiments.store import StoreError
+    import warnings
+
+    from .files import OutputError
+
+    # A user of the command reads one line per warning, not Python's file:line and source line.
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+    from .experiments.cli import enable_compilation_cache
+
+    # Every command compiles through JAX's persistent cache: a second run does not compile again.
+    enable_compilation_cache(getattr(args, "compilation_cache", None))
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, StoreError) as err:
+    except (ValueError, FileNotFoundError, OutputError) as err:
         print(f"storm-jax {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -39,7 +39,6 @@ import dataclasses
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -51,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .audio import SpecConfig
+from .files import atomic_path
 from .model import StormConfig, StormModel
 from .nn import NCSNppConfig, ncsnpp_config, reference_shapes, to_flax, to_torch
 from .sde import OUVE
@@ -581,13 +581,6 @@ def export_checkpoint(
         "ema": {"decay": float(ema_decay), "num_updates": int(num_updates), "shadow_params": list(ema_state.values()), "collected_params": None},
     }
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(ck, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

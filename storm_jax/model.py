@@ -132,8 +132,8 @@ class StormConfig:
 
 
 def storm_config(preset: str = "ncsnpp", score_preset: str | None = None, **overrides: Any) -> StormConfig:
-    """A :class:`StormConfig` with the NCSN++ preset ``preset`` (``tiny``, ``small``, ``ncsnpp``,
-    ``ncsnpplarge``, ``ncsnpp12M``, ``ncsnpp6M``) for both networks, or ``score_preset`` for the
+    """A :class:`StormConfig` with the NCSN++ preset ``preset`` (``micro``, ``tiny``, ``small``,
+    ``ncsnpp``, ``ncsnpplarge``, ``ncsnpp12M``, ``ncsnpp6M``) for both networks, or ``score_preset`` for the
     score network when given and different; other fields from ``overrides``."""
     score_backbone = None
     if score_preset is not None and score_preset != preset:

@@ -62,9 +62,11 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -76,6 +78,7 @@ import optax
 
 from .audio import compress, stft
 from .data import BatchConfig, BatchIterator, BatchState, PairDataset, check_batchable, data_fingerprint
+from .files import atomic_write, hold_folder
 from .model import StormConfig, StormModel, init_storm, predictor, score, storm_config
 from .sampling import SamplerConfig, complex_normal, make_draws, sample_with_score
 
@@ -85,6 +88,9 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "CheckpointMismatch",
+    "CheckpointFallback",
+    "CheckpointDamaged",
+    "checkpoint_problem",
     "Terminated",
     "model_config_for",
     "spectrograms",
@@ -127,8 +133,15 @@ class Terminated(KeyboardInterrupt):
     is saved, then this propagates)."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated(f"signal {signum}")
+def _note_signal(flag: dict):
+    """A SIGTERM handler that only records the signal: raising from inside a handler could land
+    in the middle of an orbax write or an XLA call and leave it hung; the loop checks the flag
+    between steps and then saves like Ctrl-C."""
+
+    def handler(signum, frame):
+        flag["signal"] = signum
+
+    return handler
 
 
 class CheckpointMismatch(ValueError):
@@ -606,14 +619,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode())
 
 
 def _check_writable(out: Path) -> None:
@@ -652,11 +658,68 @@ def _save(mngr, state: TrainState, batch_state: BatchState, extra: dict) -> None
     meta = {"step": step, "batch_state": batch_state.to_dict(), **extra}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()
+    _write_manifest(Path(mngr.directory) / str(step))
+
+
+_MANIFEST = "storm_jax_files.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(step_dir: Path) -> None:
+    """Record size and SHA-256 of every file of a committed checkpoint, so a shard deleted,
+    truncated or altered later (a failing disk, a partial copy) is named before orbax reads it."""
+    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)]
+             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != _MANIFEST}
+    _write_atomic(step_dir / _MANIFEST, json.dumps(files, indent=1, sort_keys=True))
+
+
+def checkpoint_problem(step_dir: str | os.PathLike) -> str | None:
+    """What is wrong with the checkpoint folder ``step_dir`` against its manifest (a missing,
+    truncated or altered file, named), or ``None`` when it is intact or has no manifest (a
+    checkpoint written before manifests, or one cut off between commit and manifest)."""
+    step_dir = Path(step_dir)
+    f = step_dir / _MANIFEST
+    if not f.is_file():
+        return None
+    try:
+        want = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return f"its manifest {f} is unreadable ({err})"
+    for rel, (size, digest) in sorted(want.items()):
+        p = step_dir / rel
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.stat().st_size != size:
+            return f"{p} holds {p.stat().st_size} of its {size} bytes (truncated)"
+        if _sha256(p) != digest:
+            return f"{p} differs from what was written (checksum)"
+    return None
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint's files disagree with its manifest (:func:`checkpoint_problem`)."""
+
+    def __init__(self, step_dir: Path, problem: str):
+        super().__init__(f"checkpoint {step_dir} is damaged: {problem}")
+        self.problem = problem
 
 
 def _restore(mngr, step: int, template: TrainState) -> tuple[TrainState, dict]:
     import orbax.checkpoint as ocp
 
+    step_dir = Path(mngr.directory) / str(step)
+    problem = checkpoint_problem(step_dir)
+    if problem:
+        raise CheckpointDamaged(step_dir, problem)
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), _state_tree(template))
     got = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     tree = jax.tree_util.tree_map(jnp.asarray, got["state"])
@@ -666,6 +729,45 @@ def _restore(mngr, step: int, template: TrainState) -> tuple[TrainState, dict]:
     t = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(full), leaves)
     state = TrainState(step=t["step"], params=t["params"], opt_state=t["opt_state"], ema=t["ema"], key=t["key"])
     return state, dict(got["meta"])
+
+
+class CheckpointFallback(UserWarning):
+    """The newest checkpoint of a run could not be restored; an older one was used."""
+
+
+def _resume(out: Path, config: TrainConfig, template: TrainState):
+    """``(manager, step, (state, meta))`` of the newest checkpoint of ``out`` that restores, or
+    ``(manager, None, None)`` when there is none.
+
+    A checkpoint that cannot be restored (a shard deleted or truncated, a missing metadata file,
+    as after a failing disk or a partial copy) is moved to ``out/checkpoints-corrupt/STEP`` — kept
+    for inspection, never deleted — with a :class:`CheckpointFallback` warning naming it and the
+    problem, and the previous one is tried. Orbax only lists committed checkpoints, so a write cut
+    off by ``kill -9`` never gets here: it is not a checkpoint yet.
+    """
+    mngr = _manager(out, config.keep)
+    while True:
+        step = mngr.latest_step()
+        if step is None:
+            return mngr, None, None
+        try:
+            return mngr, step, _restore(mngr, step, template)
+        except Exception as err:  # orbax and tensorstore raise many types for a damaged checkpoint
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            why = err.problem if isinstance(err, CheckpointDamaged) else f"{type(err).__name__}: {why}"
+            mngr.close()
+            src = out / "checkpoints" / str(step)
+            dest = out / "checkpoints-corrupt" / str(step)
+            n = 1
+            while dest.exists():
+                dest, n = out / "checkpoints-corrupt" / f"{step}.{n}", n + 1
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(src, dest)
+            older = [s for s in sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())]
+            then = f"resuming from checkpoint {older[-1]}" if older else "no older checkpoint: starting from step 0"
+            warnings.warn(CheckpointFallback(f"checkpoint {src} cannot be restored ({why}); moved to {dest}; {then}"),
+                          stacklevel=3)
+            mngr = _manager(out, config.keep)
 
 
 def _open_run(out: Path) -> tuple[TrainConfig, Any]:
@@ -830,86 +932,91 @@ def train(
         check_batchable(valid_ds, dataclasses.replace(vbc, batch_size=1), "validation data")
     state = init_train_state(config)  # loads and checks init_from before anything is written
     _check_writable(out)
-    fp = _fingerprint_dict(config, data_fingerprint(train_ds, bc),
-                           _params_digest(state.params) if config.init_from is not None else None)
+    # One process per run folder: a second `train` into the same --out is refused by name and pid
+    # (two writers would interleave orbax checkpoints in one folder).
+    with hold_folder(out, "training run", "wait for it to finish or use another --out"):
+        fp = _fingerprint_dict(config, data_fingerprint(train_ds, bc),
+                               _params_digest(state.params) if config.init_from is not None else None)
 
-    fp_file = out / "fingerprint.json"
-    mngr = None
-    if fp_file.exists():
-        old = json.loads(fp_file.read_text())
-        diff = _diff(old, fp)
-        if diff:
-            raise CheckpointMismatch(f"{out} holds checkpoints of a different run; refusing to resume. Differences:\n  "
-                                     + "\n  ".join(diff) + "\nUse another --out directory (or delete this one).")
-    mngr = _manager(out, config.keep)
-    batch_state = BatchState()
-    latest = mngr.latest_step()
-    if latest is not None:
-        state, meta = _restore(mngr, latest, state)
-        batch_state = BatchState.from_dict(meta["batch_state"])
-    else:
-        _write_atomic(fp_file, json.dumps(fp, indent=2))
-    _write_atomic(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
-    log = _Log(out / "log.jsonl", latest if latest is not None else 0)
+        fp_file = out / "fingerprint.json"
+        mngr = None
+        if fp_file.exists():
+            old = json.loads(fp_file.read_text())
+            diff = _diff(old, fp)
+            if diff:
+                raise CheckpointMismatch(f"{out} holds checkpoints of a different run; refusing to resume. Differences:\n  "
+                                         + "\n  ".join(diff) + "\nUse another --out directory (or delete this one).")
+        mngr, latest, restored = _resume(out, config, state)
+        batch_state = BatchState()
+        if latest is not None:
+            state, meta = restored
+            batch_state = BatchState.from_dict(meta["batch_state"])
+        else:
+            _write_atomic(fp_file, json.dumps(fp, indent=2))
+        _write_atomic(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
+        log = _Log(out / "log.jsonl", latest if latest is not None else 0)
 
-    it = BatchIterator(train_ds, bc, batch_state)
-    spec_first, spec_main = StepSpec.of(config, 0), StepSpec.of(config)
-    start = int(state.step)
-    last_good = latest
-    total = config.steps
-    end = total if stop_after is None else min(total, start + stop_after)
-    history: list[float] = []
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not config.progress, dynamic_ncols=True)
-    t0, n_timed = time.perf_counter(), 0
-    val = None
-    synced = it.state  # the data position that belongs to `state` (a step may be cut off mid-way)
-    # SIGTERM (a scheduler or `kill`) saves like Ctrl-C; handlers can only be set in the main thread.
-    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
-    try:
-        while int(state.step) < end:
-            pos = it.state
-            batch = next(it)
-            spec = spec_first if int(state.step) < config.predictor_steps else spec_main
-            new_state, parts = train_step(spec, state, jnp.asarray(batch.clean), jnp.asarray(batch.noisy))
-            parts = {k: float(v) for k, v in parts.items()}
-            step = int(new_state.step)
-            if not all(math.isfinite(v) for v in parts.values()):
-                log.write({"step": step, "event": "diverged", **{k: repr(v) for k, v in parts.items()}})
-                raise TrainingDiverged(f"non-finite loss at step {step} ({parts}); stopped. "
-                                       f"The last good checkpoint is {'step ' + str(last_good) if last_good is not None else 'none (no checkpoint was saved yet)'} in {out / 'checkpoints'}")
-            state, synced = new_state, it.state
-            history.append(parts["loss"])
-            if n_timed == 0:  # the first step of a call includes compilation: time from its end
-                t0 = time.perf_counter()
-            n_timed += 1
-            rate = (n_timed - 1) / max(time.perf_counter() - t0, 1e-9) if n_timed > 1 else float("nan")
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.4g}", steps_s=f"{rate:.3g}")  # tqdm's own rate includes compilation
-            if callback is not None:
-                callback(step, parts)
-            if step % config.log_every == 0 or step == end:
-                log.write({"step": step, **parts, "steps_per_s": None if math.isnan(rate) else rate, "epoch": it.state.epoch, "time": time.time()})
-            if step % config.ckpt_every == 0 or step == end:
-                _save(mngr, state, it.state, {"data_position_before_step": pos.to_dict()})
-                last_good = step
-            if valid_ds is not None and ((config.val_every > 0 and step % config.val_every == 0) or (step == total)):
-                val = _validate(config, state, valid_ds)
-                log.write({"step": step, "valid": val})
-                bar.write(f"step {step}: valid " + ", ".join(f"{s} " + " ".join(f"{k}={v:.3f}" for k, v in m.items()) for s, m in val.items()))
-    except KeyboardInterrupt:
-        if last_good != int(state.step) and int(state.step) > 0:
-            _save(mngr, state, synced, {"interrupted": True})
-            last_good = int(state.step)
-        bar.close()
-        saved = f"checkpoint {last_good} in {out / 'checkpoints'}" if last_good is not None else "no checkpoint yet"
-        bar.write(f"interrupted at step {int(state.step)}; {saved}: run the same command to resume")
-        raise
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        bar.close()
-        mngr.close()
-    return {"step": int(state.step), "losses": history, "validation": val, "out": str(out), "last_checkpoint": last_good}
+        it = BatchIterator(train_ds, bc, batch_state)
+        spec_first, spec_main = StepSpec.of(config, 0), StepSpec.of(config)
+        start = int(state.step)
+        last_good = latest
+        total = config.steps
+        end = total if stop_after is None else min(total, start + stop_after)
+        history: list[float] = []
+        bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not config.progress, dynamic_ncols=True)
+        t0, n_timed = time.perf_counter(), 0
+        val = None
+        synced = it.state  # the data position that belongs to `state` (a step may be cut off mid-way)
+        # SIGTERM (a scheduler or `kill`) saves like Ctrl-C; handlers can only be set in the main thread.
+        term: dict = {}
+        old_term = signal.signal(signal.SIGTERM, _note_signal(term)) if threading.current_thread() is threading.main_thread() else None
+        try:
+            while int(state.step) < end:
+                if term:
+                    raise Terminated(f"signal {term['signal']}")
+                pos = it.state
+                batch = next(it)
+                spec = spec_first if int(state.step) < config.predictor_steps else spec_main
+                new_state, parts = train_step(spec, state, jnp.asarray(batch.clean), jnp.asarray(batch.noisy))
+                parts = {k: float(v) for k, v in parts.items()}
+                step = int(new_state.step)
+                if not all(math.isfinite(v) for v in parts.values()):
+                    log.write({"step": step, "event": "diverged", **{k: repr(v) for k, v in parts.items()}})
+                    raise TrainingDiverged(f"non-finite loss at step {step} ({parts}); stopped. "
+                                           f"The last good checkpoint is {'step ' + str(last_good) if last_good is not None else 'none (no checkpoint was saved yet)'} in {out / 'checkpoints'}")
+                state, synced = new_state, it.state
+                history.append(parts["loss"])
+                if n_timed == 0:  # the first step of a call includes compilation: time from its end
+                    t0 = time.perf_counter()
+                n_timed += 1
+                rate = (n_timed - 1) / max(time.perf_counter() - t0, 1e-9) if n_timed > 1 else float("nan")
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.4g}", steps_s=f"{rate:.3g}")  # tqdm's own rate includes compilation
+                if callback is not None:
+                    callback(step, parts)
+                if step % config.log_every == 0 or step == end:
+                    log.write({"step": step, **parts, "steps_per_s": None if math.isnan(rate) else rate, "epoch": it.state.epoch, "time": time.time()})
+                if step % config.ckpt_every == 0 or step == end:
+                    _save(mngr, state, it.state, {"data_position_before_step": pos.to_dict()})
+                    last_good = step
+                if valid_ds is not None and ((config.val_every > 0 and step % config.val_every == 0) or (step == total)):
+                    val = _validate(config, state, valid_ds)
+                    log.write({"step": step, "valid": val})
+                    bar.write(f"step {step}: valid " + ", ".join(f"{s} " + " ".join(f"{k}={v:.3f}" for k, v in m.items()) for s, m in val.items()))
+        except KeyboardInterrupt:
+            if last_good != int(state.step) and int(state.step) > 0:
+                _save(mngr, state, synced, {"interrupted": True})
+                last_good = int(state.step)
+            bar.close()
+            saved = f"checkpoint {last_good} in {out / 'checkpoints'}" if last_good is not None else "no checkpoint yet"
+            bar.write(f"interrupted at step {int(state.step)}; {saved}: run the same command to resume", file=sys.stderr)
+            raise
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+            bar.close()
+            mngr.close()
+        return {"step": int(state.step), "losses": history, "validation": val, "out": str(out), "last_checkpoint": last_good}
 
 
 def _valid_batch_config(config: TrainConfig, n: int) -> BatchConfig:

@@ -229,6 +229,24 @@ def test_normalization_switches_and_finite_derivative_at_a_switch(micro, micro_s
     assert pw.m.size == int(np.sum(arg_p[1:] != arg_p[:-1]))
 
 
+def test_no_nan_at_switch_points_and_extreme_m(micro, micro_signals):
+    """Numerical faults: over the normalisation's switch points and M from 1e-6 to 1e6 every value
+    and tangent is finite; where ŝ(M) is undefined (M ≤ 0, a silent mixture) a clear error."""
+    clean, noise = micro_signals
+    sw = an.normalization_switches(clean, noise, (0.25, 4.0))
+    ms = np.concatenate([sw.m[:3], [1e-6, 1e-3, 1e3, 1e6]])
+    fz = an.factorize(micro, clean, noise, ms, 7, steps=STEPS)
+    for name in ("total_wave", "Ku_wave", "Lv_wave", "u", "v", "dnu", "residual"):
+        assert np.all(np.isfinite(np.asarray(getattr(fz, name)))), name
+    value, tangent = an.pathwise_derivative(micro, clean, noise, ms, 7, steps=STEPS)
+    assert np.all(np.isfinite(np.asarray(value.waveform))) and np.all(np.isfinite(np.asarray(tangent.waveform)))
+    for bad in (0.0, -1.0, np.inf):
+        with pytest.raises(ValueError, match="m must be"):
+            an.pathwise_derivative(micro, clean, noise, bad, 7, steps=STEPS)
+    with pytest.raises(ValueError, match="both silent"):
+        an.factorize(micro, clean * 0, noise * 0, 1.0, 7, steps=STEPS)
+
+
 def test_exact_silence_gives_finite_tangents(micro, micro_signals):
     """|c|^α at c = 0: bins of exact silence (clean and noise both zero) keep finite tangents."""
     clean, noise = micro_signals

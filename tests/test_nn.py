@@ -85,7 +85,7 @@ def _random_complex(rng, shape, dtype=np.complex64):
 
 
 def test_presets_and_config():
-    assert set(PRESETS) == {"ncsnpp", "ncsnpplarge", "ncsnpp12M", "ncsnpp6M", "tiny", "small"}
+    assert set(PRESETS) == {"ncsnpp", "ncsnpplarge", "ncsnpp12M", "ncsnpp6M", "tiny", "small", "micro"}
     assert ncsnpp_config("ncsnpp") == NCSNppConfig()
     big = ncsnpp_config("ncsnpplarge")
     assert (big.nf, big.ch_mult, big.num_res_blocks, big.attn_resolutions) == (128, (1, 1, 2, 2, 2, 2, 2), 2, (16,))

@@ -154,6 +154,13 @@ def _check_signals(clean, noise, rdt, n_fft: int):
     for name, x in (("clean", clean), ("noise", noise)):
         if not _is_traced(x) and not np.all(np.isfinite(np.asarray(x))):
             raise ValueError(f"{name} contains NaN/Inf samples")
+    if not (_is_traced(clean) or _is_traced(noise)):
+        # y = clean + M·noise ≡ 0 for every M: the normalisation ν = max|y| is 0 and ŝ(M) undefined.
+        silent = ~np.any(np.asarray(clean) != 0, axis=-1) & ~np.any(np.asarray(noise) != 0, axis=-1)
+        if np.any(silent):
+            where = f" (utterance(s) {np.flatnonzero(silent).tolist()})" if np.ndim(silent) else ""
+            raise ValueError(f"clean and noise are both silent (all zeros){where}: the mixture is 0 for every M, "
+                             "so its normalisation and ŝ(M) are undefined")
     return clean.astype(rdt), noise.astype(rdt)
 
 

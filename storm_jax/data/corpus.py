@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Sequence
@@ -42,6 +41,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from ..audio_io import read_audio, write_audio
+from ..files import atomic_write
 from .dataset import DatasetError, PairDataset
 from .mixing import mix_np, scale_to_snr, snr_db
 from .noise import NOISE_TYPES, make_noise
@@ -281,31 +281,12 @@ def _quantize(x: np.ndarray) -> np.ndarray:
 
 
 def _write_pcm16(path: Path, q: np.ndarray, rate: int) -> None:
-    """Write int16 samples as a 16-bit WAV atomically (temporary file in the folder, then rename)."""
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, q, rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write int16 samples as a 16-bit WAV atomically (:func:`~storm_jax.audio_io.write_audio`)."""
+    write_audio(path, q, rate, subtype="PCM_16")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _paths(root: Path, item_split: str, uid: str) -> tuple[Path, Path]:
@@ -363,7 +344,7 @@ def build_corpus(config: CorpusConfig = CorpusConfig(), task: Task = "denoise", 
     missing utterance (existing files, always complete thanks to atomic writes, are kept) and
     finally ``manifest.json``. Shows tqdm progress bars unless ``progress=False``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     _check_task(task)
     payload = _key_payload(config, task)
@@ -473,7 +454,7 @@ def export_corpus(dest: str | os.PathLike, config: CorpusConfig = CorpusConfig()
     """Write the corpus in the reference layout ``dest/{train,valid,test}/{clean,noisy}/<id>.wav``
     (float WAV, noisy = clean + M·noise) so other tools (e.g. the PyTorch reference) can train on
     the same data. Returns ``dest``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     dest = Path(dest)
     for split in SPLITS:
@@ -497,7 +478,8 @@ def build_corpus_main(argv: Sequence[str] | None = None) -> int:
     Returns a process exit code (0 on success, 2 on bad arguments or a failed build).
     """
     p = argparse.ArgumentParser(prog="storm-jax corpus", description="Build the embedded speech corpus (eSpeak NG speech, "
-                                "procedural noise, simulated rooms) in the cache, or locate it.")
+                                "procedural noise, simulated rooms) in the cache, or locate it.",
+                                epilog="example: storm-jax corpus --task all")
     p.add_argument("--task", choices=[*TASKS, "all"], default="denoise", help="which variant to build (default: denoise)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $STORM_JAX_CACHE or the user cache dir)")
     p.add_argument("--seed", type=int, default=0)

@@ -139,6 +139,24 @@ def loglog_panel(ax, hs, samples_by_name: dict[str, np.ndarray], fits: dict[str,
     ax.legend(fontsize=8, title="dashed grey: slope 1", title_fontsize=7)
 
 
+def kappa_panel(ax, results, title: str):
+    """κ(h) with its bootstrap CI on a log h axis, one line per ``(KinkResult or None, label,
+    colour)``, with the band of κ₀'s CI where the result has one."""
+    for r, label, color in results:
+        if r is None:
+            continue
+        ax.errorbar(r.hs, r.kappa, yerr=[r.kappa - r.kappa_ci[:, 0], r.kappa_ci[:, 1] - r.kappa], fmt="o-", color=color,
+                    capsize=3, label=f"κ(h), {label}")
+        ax.axhspan(r.kappa0_ci[0], r.kappa0_ci[1], color=color, alpha=0.12, label=f"κ₀ = {r.kappa0:.3g} (CI band), {label}")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("h")
+    ax.set_ylabel("κ(h) = D⁺ − D⁻ (dB per unit M)")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+
+
 def by_kind(records, kind: str) -> list[dict]:
     return [{**rec["point"], **rec["row"]} for rec, _ in records if rec["point"].get("kind") == kind]
 

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..files import OutputError, check_output_folder
+
 __all__ = ["add_commands", "enable_compilation_cache", "script_main"]
 
 EXPERIMENT_ORDER = ("p0", "e1", "e2", "e3", "e4")
@@ -38,20 +40,19 @@ def _load_experiments():
 
 
 def run_named(names, args, *, progress: bool = True) -> Path:
-    """Run the experiments ``names`` into ``args.out`` (shared context, one after another)."""
+    """Run the experiments ``names`` into ``args.out`` (shared context, one after another); the
+    caller builds the report, which writes every table and figure."""
     from .context import load_context
     from .presets import get_preset
     from .runner import run_experiment
 
     exps = _load_experiments()
     preset = get_preset(args.preset)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+    out = check_output_folder(args.out, "--out")
     ctx = load_context(preset, args.checkpoint, args.data, args.seed, progress=progress)
     for name in names:
         t0 = time.perf_counter()
-        run_experiment(exps[name], ctx, out, progress=progress)
+        run_experiment(exps[name], ctx, out, progress=progress, outputs=False)
         if progress:
             print(f"{name}: done in {time.perf_counter() - t0:.0f} s → {out / name}", file=sys.stderr)
     return out
@@ -99,8 +100,6 @@ def script_main(names, argv=None, description: str | None = None) -> int:
     """The entry point of the scripts in the top-level ``experiments/`` folder: run ``names``
     (one experiment, or all of them for ``run_all``) with the ``storm-jax experiment`` options,
     then build the report. Errors are one line and exit code 2, as with the command."""
-    from .store import StoreError
-
     names = [names] if isinstance(names, str) else list(names)
     p = argparse.ArgumentParser(description=description or f"Run {', '.join(names)} and rebuild the report.")
     _common(p, "results")
@@ -112,7 +111,7 @@ def script_main(names, argv=None, description: str | None = None) -> int:
         from .report import build_report
 
         report = build_report(args.out)
-    except (ValueError, FileNotFoundError, StoreError) as err:
+    except (ValueError, FileNotFoundError, OutputError) as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         return 2
     print(f"{', '.join(names)} in {time.perf_counter() - t0:.0f} s; report {report['md']} (and {report['html']})")

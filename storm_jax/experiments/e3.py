@@ -3,13 +3,16 @@
 Per sample (utterance, path), at M*:
 
 * the factorization ``dx̂/dM = K·u + L·v`` with an independent third tangent lane for the total,
-  its relative residual, ‖K·u‖, ‖L·v‖ and their angle (:func:`storm_jax.analysis.factorize`);
+  its relative residual, ‖K·u‖, ‖L·v‖ and their angle (:func:`storm_jax.analysis.factorize`,
+  taken from E2's vmapped pass over its offsets, :func:`storm_jax.experiments.e2.factor_set`);
 * the top singular values of ``K = ∂x̂/∂C`` (Golub–Kahan, :func:`storm_jax.analysis.sampler_spectrum`);
 * the gain ``‖K·Δu‖/‖Δu‖`` on the predictor's one-sided jump ``Δu = u(M*(1+h)) − u(M*(1−h))``
   against random directions (:func:`storm_jax.analysis.direction_gain`);
 * one-sided slopes of SI-SDR at ``M*(1 ± h)`` for the plain pipeline and for the ablation whose
   predictor output is its linearization at M*
-  (:func:`storm_jax.analysis.linearized_predictor_derivative`), giving κ₀ of each.
+  (:func:`storm_jax.analysis.linearized_predictor_derivative`), giving κ₀ of each; the plain
+  slopes come from P0's pass (:func:`storm_jax.experiments.p0.curve_set`) when P0's offsets
+  include the ablation's.
 
 Verdict H3: the identity holds when the residual is ≤ 1e-5 (float32) / 1e-10 (float64);
 "non-degenerate" when the jump's gain is ≥ 10 % of the median random gain; "kink localized in the
@@ -21,10 +24,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ..analysis import direction_gain, factorize, kink_from_slopes, linearized_predictor_derivative, sampler_jacobian, sampler_spectrum, si_sdr_derivative
+from ..analysis import direction_gain, kink_from_slopes, linearized_predictor_derivative, sampler_jacobian, sampler_spectrum, si_sdr_derivative
 from ..analysis._setup import check_stages, prepare
 from ..analysis.sensitivity import front_jvp
-from ._common import GAIN_FRACTION, RESIDUAL_TOL, by_kind, fmt_ci, g, pyplot, sample_matrix, save_figure
+from ._common import GAIN_FRACTION, RESIDUAL_TOL, by_kind, fmt_ci, g, kappa_panel, pyplot, sample_matrix, save_figure
+from . import p0
+from .e2 import factor_set
 from .runner import Experiment, Figure, Summary, register
 
 M_STAR = 1.0
@@ -48,6 +53,18 @@ def _side(h):
     return [float(np.round(M_STAR * (1 - h), 12)), float(np.round(M_STAR * (1 + h), 12))]
 
 
+def _plain_slopes(ctx, u, p, abl_hs, ms) -> np.ndarray:
+    """dSI-SDR/dM of the plain pipeline at ``ms``: from P0's pass for the sample when P0 has it
+    (its offsets include these h), else one :func:`si_sdr_derivative` pass."""
+    pre = ctx.preset
+    if u < pre.utterances and p < pre.paths and set(abl_hs) <= set(pre.hs):
+        sample = [q for q in p0.points(pre) if (q["utt"], q["path"]) == (u, p)]
+        side = {pt["m"]: i for i, pt in enumerate(sample) if pt["kind"] == "side"}
+        return np.asarray(p0.curve_set(ctx, u, p)["ds"])[[side[float(m)] for m in ms]]
+    _, d = si_sdr_derivative(ctx.model, ctx.clean[u], ctx.noise[u], ms, ctx.path_key(u, p), steps=pre.steps)
+    return np.asarray(d, np.float64)
+
+
 def evaluate(ctx, group):
     u, p = group[0]["utt"], group[0]["path"]
     pre, model = ctx.preset, ctx.model
@@ -57,15 +74,17 @@ def evaluate(ctx, group):
     abl_hs = [pt["h"] for pt in group if pt["kind"] == "ablation"]
     if abl_hs:
         ms = np.array([m for h in abl_hs for m in _side(h)])
-        _, d_plain = si_sdr_derivative(model, clean, noise, ms, key, steps=pre.steps)
+        d_plain = _plain_slopes(ctx, u, p, abl_hs, ms)
         _, d_lin = linearized_predictor_derivative(model, clean, noise, ms, key, m_star=M_STAR, steps=pre.steps)
-        d_plain, d_lin = np.asarray(d_plain, np.float64), np.asarray(d_lin, np.float64)
+        d_lin = np.asarray(d_lin, np.float64)
     for pt in group:
         if pt["kind"] == "factor":
-            f = factorize(model, clean, noise, M_STAR, key, steps=pre.steps)
-            out.append(({"residual": float(f.residual), "residual_wave": float(f.residual_wave), "norm_total": float(f.norm_total),
-                         "norm_Ku": float(f.norm_Ku), "norm_Lv": float(f.norm_Lv), "cos_Ku_Lv": float(f.cos_angle),
-                         "norm_term": float(np.linalg.norm(np.asarray(f.norm_term))), "dtype": dtype}, {}))
+            ms, f = factor_set(ctx, u, p)  # E2's vmapped pass; M* is one of its M
+            i = ms.index(M_STAR)
+            out.append(({"residual": float(f.residual[i]), "residual_wave": float(f.residual_wave[i]),
+                         "norm_total": float(f.norm_total[i]), "norm_Ku": float(f.norm_Ku[i]), "norm_Lv": float(f.norm_Lv[i]),
+                         "cos_Ku_Lv": float(f.cos_angle[i]), "norm_term": float(np.linalg.norm(np.asarray(f.norm_term[i]))),
+                         "dtype": dtype}, {}))
         elif pt["kind"] == "svd":
             s = sampler_spectrum(model, clean, noise, M_STAR, key, wrt="C", k=pre.svd_k, num_matvecs=pre.svd_matvecs,
                                  start_key=ctx.aux_key(u, p, 2), steps=pre.steps)
@@ -175,17 +194,8 @@ def _plot_sv(path, records):
 
 
 def _plot_ablation(path, plain, lin):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r, label, c in ((plain, "plain", "C0"), (lin, "predictor linearized at M*", "C1")):
-        ax.errorbar(r.hs, r.kappa, yerr=[r.kappa - r.kappa_ci[:, 0], r.kappa_ci[:, 1] - r.kappa], fmt="o-", color=c, capsize=3, label=label)
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("h")
-    ax.set_ylabel("κ(h) (dB per unit M)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("E3: linearized-predictor ablation")
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    kappa_panel(ax, ((plain, "plain", "C0"), (lin, "predictor linearized at M*", "C1")), "E3: linearized-predictor ablation")
     save_figure(fig, path)
 
 

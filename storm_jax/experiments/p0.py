@@ -22,7 +22,7 @@ import numpy as np
 from ..analysis import kink_from_slopes, pathwise_derivative
 from ..metrics import si_sdr
 from ..pipeline import synthesis
-from ._common import SMOOTH_FRACTION, fmt_ci, g, pyplot, sample_matrix, save_figure
+from ._common import SMOOTH_FRACTION, fmt_ci, g, kappa_panel, pyplot, sample_matrix, save_figure
 from .runner import Experiment, Figure, Summary, register
 
 M_STAR = 1.0
@@ -60,14 +60,37 @@ def _metrics(model, clean, noise, value_wave, tan_wave, C, u, nu, dnu):
     return s, ds, sp, dsp, jnp.linalg.norm(tan_wave, axis=-1)
 
 
+def sample_ms(preset, u: int, p: int) -> list[float]:
+    """The M values of P0's points for sample ``(u, p)``, in point order (one group)."""
+    return [pt["m"] for pt in points(preset) if (pt["utt"], pt["path"]) == (u, p)]
+
+
+def curve_set(ctx, u: int, p: int):
+    """P0's one vmapped pass for sample ``(u, p)`` — ŝ and dŝ/dM at every M of
+    :func:`sample_ms` — and the SI-SDRs of StoRM, predictor and noisy input with their
+    M-derivatives, memoized: E3's plain one-sided slopes come from here, the same computation
+    whether or not P0 ran before it in the process."""
+    def compute():
+        clean, noise = ctx.clean[u], ctx.noise[u]
+        ms = np.array(sample_ms(ctx.preset, u, p))
+        value, tangent = pathwise_derivative(ctx.model, clean, noise, ms, ctx.path_key(u, p), steps=ctx.preset.steps)
+        s, ds, sp, dsp, tn = (np.asarray(a, np.float64) for a in _metrics(
+            ctx.model, jnp.asarray(clean), jnp.asarray(noise), value.waveform, tangent.waveform, value.C, tangent.C, value.norm,
+            tangent.norm))
+        noisy = np.asarray(si_sdr(jnp.asarray(clean)[None] + jnp.asarray(ms, jnp.float32)[:, None] * jnp.asarray(noise)[None],
+                                  jnp.asarray(clean)), np.float64)
+        return {"ms": list(ms), "value": value, "s": s, "ds": ds, "sp": sp, "dsp": dsp, "tn": tn, "noisy": noisy}
+
+    return ctx.memoized(("p0-curve", u, p, tuple(sample_ms(ctx.preset, u, p)), ctx.preset.steps), compute)
+
+
 def evaluate(ctx, group):
     u, p = group[0]["utt"], group[0]["path"]
     clean, noise = ctx.clean[u], ctx.noise[u]
-    ms = np.array([pt["m"] for pt in group])
-    value, tangent = pathwise_derivative(ctx.model, clean, noise, ms, ctx.path_key(u, p), steps=ctx.preset.steps)
-    s, ds, sp, dsp, tn = (np.asarray(a, np.float64) for a in _metrics(
-        ctx.model, jnp.asarray(clean), jnp.asarray(noise), value.waveform, tangent.waveform, value.C, tangent.C, value.norm, tangent.norm))
-    noisy = np.asarray(si_sdr(jnp.asarray(clean)[None] + jnp.asarray(ms, jnp.float32)[:, None] * jnp.asarray(noise)[None], jnp.asarray(clean)), np.float64)
+    c = curve_set(ctx, u, p)
+    if [pt["m"] for pt in group] != c["ms"]:
+        raise RuntimeError(f"p0: group utt={u} path={p} is not the whole sample")
+    value, s, ds, sp, dsp, tn, noisy = (c[k] for k in ("value", "s", "ds", "sp", "dsp", "tn", "noisy"))
     grid = [pt["m"] for pt in group if pt["kind"] == "grid"]
     keep = {M_STAR if M_STAR in grid else None, max(grid) if grid else None} - {None}
     out = []
@@ -212,21 +235,8 @@ def _plot_curve(path, rows, curve, res):
 
 
 def _plot_kappa(path, res, res_p):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r, label, color in ((res, "StoRM", "C0"), (res_p, "predictor", "C1")):
-        if r is None:
-            continue
-        ax.errorbar(r.hs, r.kappa, yerr=[r.kappa - r.kappa_ci[:, 0], r.kappa_ci[:, 1] - r.kappa], fmt="o-", color=color,
-                    capsize=3, label=f"κ(h), {label}")
-        ax.axhspan(r.kappa0_ci[0], r.kappa0_ci[1], color=color, alpha=0.12, label=f"κ₀ = {r.kappa0:.3g} (CI band), {label}")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("h")
-    ax.set_ylabel("κ(h) = D⁺ − D⁻ (dB per unit M)")
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    ax.set_title("P0: kink statistic")
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    kappa_panel(ax, ((res, "StoRM", "C0"), (res_p, "predictor", "C1")), "P0: kink statistic")
     save_figure(fig, path)
 
 

@@ -124,11 +124,13 @@ def _stage(err: BaseException) -> str:
 
 
 def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, progress: bool = True,
-                   stop_after: int | None = None) -> Path:
+                   stop_after: int | None = None, outputs: bool = True) -> Path:
     """Run (or resume) ``exp`` into ``out/<name>/`` and rebuild its tables and figures.
 
     ``stop_after`` stops after that many groups (the tests' stand-in for a killed run is a real
-    ``kill -9``; this is for splitting work by hand). Returns the experiment folder.
+    ``kill -9``; this is for splitting work by hand). ``outputs=False`` leaves the tables and
+    figures to a :func:`~storm_jax.experiments.report.build_report` that follows (it rebuilds
+    them anyway). Returns the experiment folder.
     """
     from tqdm import tqdm
 
@@ -176,7 +178,8 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
         finally:
             bar.close()
         _append_record(folder, exp, ctx, walls, time.perf_counter() - t_start)
-        write_outputs(folder)
+        if outputs:
+            write_outputs(folder)
     return folder
 
 

@@ -23,65 +23,26 @@ Layout of an experiment folder ``OUT/<experiment>/``::
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
+
+from ..files import FolderBusy, OutputError, atomic_write, hold_folder
 
 __all__ = ["Store", "StoreError", "SettingsMismatch", "FolderBusy", "point_id", "atomic_write", "write_json"]
 
 
-class StoreError(RuntimeError):
+class StoreError(OutputError):
     """An experiment folder cannot be used (the message names the folder and the problem)."""
 
 
 class SettingsMismatch(StoreError):
     """``--out`` holds points computed with other settings."""
-
-
-class FolderBusy(StoreError):
-    """Another process holds the folder's lock."""
-
-
-def _umask() -> int:
-    # os.umask can only be read by setting it; restore at once (single-threaded use).
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
-
-    The file gets the permissions the umask gives (``0o666 & ~umask``), as ``open`` would. On any
-    error (disk full, no permission) the temporary file is removed and a :class:`StoreError`
-    naming the file is raised; ``path`` is never left half-written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~_umask())
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.replace(tmp, path)
-    except OSError as err:
-        why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else (err.strerror or str(err))
-        raise StoreError(f"cannot write {path}: {why}") from None
-    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -189,26 +150,10 @@ class Store:
 
     # -------------------------------------------------------------------------------- locking
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the folder's advisory lock; a second process is refused with
-        :class:`FolderBusy` naming the folder and the holder's pid."""
-        path = self.root / "lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-        except OSError as err:
-            raise StoreError(f"cannot create {path}: {err.strerror}") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise FolderBusy(f"{self.root} is in use by another sweep (pid {holder}); wait for it or use another --out") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def lock(self):
+        """Hold the folder's advisory lock (:func:`storm_jax.files.hold_folder`); a second process
+        is refused with :class:`FolderBusy` naming the folder and the holder's pid."""
+        return hold_folder(self.root, "sweep")
 
     # -------------------------------------------------------------------------------- points
 

@@ -142,6 +142,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Our own CPU-sized presets (attention only in the mid block).
     "tiny": {"nf": 16, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (0,)},
     "small": {"nf": 32, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (0,)},
+    # Two levels of 8 channels: a training step compiles in seconds (fault and resume tests).
+    "micro": {"nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (0,)},
 }
 
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
