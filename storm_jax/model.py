@@ -30,7 +30,9 @@ from .sde import OUVE
 __all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "score_ensemble", "score_guidance", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
+"""What the score network sees besides x: Y and C (the reference), only Y, or only C (then L·v = 0)."""
 SCORE_SYMMETRIES = ("none", "sign")
+"""``none`` (the reference) or ``sign``: the network's odd part ``½[s(x, t, Y, C) − s(−x, t, −Y, −C)]``."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,6 +107,8 @@ __all__ = [
 ]
 
 MODES = ("joint", "freeze-predictor", "predictor-only", "score-only", "correct-reverse")
+"""Training modes: the reference's regen-joint-training, regen-freeze-denoiser, denoiser-only and
+score-only (SGMSE+), and ``correct-reverse`` (the predictor's loss on the N-step sampler output)."""
 _MODE_ALIASES = {
     "regen-joint-training": "joint",
     "regen-freeze-denoiser": "freeze-predictor",
@@ -510,6 +512,10 @@ class StepSpec:
 
 
 def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[TrainState, dict]:
+    """``train_step(StepSpec.of(config), state, clean, noisy) -> (state, losses)``: one
+    jit-compiled optimiser step on a batch of ν-normalised waveforms ``[B, L]`` — the gradient of
+    :func:`storm_loss` for the mode, Adam on the networks the mode trains, then the EMA update
+    ``e ← d·e + (1 − d)·θ``; the step key is ``fold_in(state.key, state.step)``."""
     mcfg = config.model
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     X, Y = spectrograms(mcfg, clean, noisy)
@@ -527,8 +533,6 @@ def _step_impl(config: StepSpec, state: TrainState, clean, noisy) -> tuple[Train
 
 
 train_step = jax.jit(_step_impl, static_argnums=(0,))
-"""``train_step(StepSpec.of(config), state, clean, noisy) -> (state, losses)``: one jit-compiled optimiser step
-on a batch of ν-normalised waveforms ``[B, L]``; the step key is ``fold_in(state.key, state.step)``."""
 
 
 # ------------------------------------------------------------------------------ checkpoints

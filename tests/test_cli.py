@@ -149,6 +149,23 @@ def test_console_script_help():
     assert r.returncode == 0 and "enhance" in r.stdout
 
 
+def test_version_and_every_subcommand_has_an_example(capsys):
+    import storm_jax
+    from storm_jax.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"storm-jax {storm_jax.__version__}"
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    names = sorted(sub.choices)
+    assert {"demo", "experiment", "report", "enhance", "train", "evaluate", "corpus"} <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert exc.value.code == 0 and f"example: storm-jax {name}" in out, (name, out[-400:])
+
+
 def test_corpus_command_is_wired(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["corpus", "--help"])
