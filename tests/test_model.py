@@ -18,6 +18,12 @@ def tiny():
     return sj.init_storm("tiny", jax.random.key(0))
 
 
+@pytest.fixture(scope="module")
+def micro():
+    # Tests of how networks combine (symmetry, ensembles, guidance) need any network, not a large one.
+    return sj.init_storm("micro", jax.random.key(0))
+
+
 def _rand(key, shape, dtype=jnp.complex64):
     kr, ki = jax.random.split(key)
     return (0.3 * (jax.random.normal(kr, shape) + 1j * jax.random.normal(ki, shape))).astype(dtype)
@@ -141,26 +147,26 @@ def test_score_network_with_its_own_backbone(tmp_path):
     assert hparams_from_config(dataclasses.replace(mixed, has_score=False))["nf"] == 16
 
 
-def test_sign_symmetric_score_is_the_odd_part(tiny, tmp_path):
+def test_sign_symmetric_score_is_the_odd_part(micro, tmp_path):
     """``score_symmetry="sign"``: ½[s(x, t, Y, C) − s(−x, t, −Y, −C)] of the plain network, odd in
     (x, Y, C) jointly (float32, one batched network call against two plain ones: 1e-6 relative);
     carried by config.json, omitted there for the plain score; refused by the reference export."""
     from storm_jax.checkpoints import config_from_dict, config_to_dict
     from storm_jax.convert import hparams_from_config
 
-    sym = tiny.with_score_symmetry("sign")
-    assert sym.config.score_symmetry == "sign" and tiny.config.score_symmetry == "none"
+    sym = micro.with_score_symmetry("sign")
+    assert sym.config.score_symmetry == "sign" and micro.config.score_symmetry == "none"
     k = jax.random.split(jax.random.key(5), 3)
     x, Y, C = (_rand(kk, (2, F, T)) for kk in k)
     t = jnp.asarray([0.3, 0.8])
-    want = 0.5 * (sj.score(tiny, x, t, Y, C) - sj.score(tiny, -x, t, -Y, -C))
+    want = 0.5 * (sj.score(micro, x, t, Y, C) - sj.score(micro, -x, t, -Y, -C))
     got = sj.score(sym, x, t, Y, C)
     scale = float(jnp.max(jnp.abs(want)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6 * scale)
     np.testing.assert_allclose(np.asarray(sj.score(sym, -x, t, -Y, -C)), -np.asarray(got), atol=1e-6 * scale)
     # the plain network is not odd, so the projection changes it
-    assert float(jnp.max(jnp.abs(got - sj.score(tiny, x, t, Y, C)))) > 1e-3 * scale
-    assert "score_symmetry" not in config_to_dict(tiny.config)
+    assert float(jnp.max(jnp.abs(got - sj.score(micro, x, t, Y, C)))) > 1e-3 * scale
+    assert "score_symmetry" not in config_to_dict(micro.config)
     d = config_to_dict(sym.config)
     assert d["score_symmetry"] == "sign" and config_from_dict(d) == sym.config
     saved = sj.save_model(sym, tmp_path / "m")
@@ -168,13 +174,13 @@ def test_sign_symmetric_score_is_the_odd_part(tiny, tmp_path):
     # the directory does not record where it was written (orbax's marker names its temporary path)
     assert not any(str(tmp_path) in f.read_text(errors="ignore") for f in saved.rglob("*.txt"))
     with pytest.raises(ValueError, match="unknown score_symmetry 'odd'"):
-        tiny.with_score_symmetry("odd")
+        micro.with_score_symmetry("odd")
     with pytest.raises(ValueError, match="no score symmetry"):
         hparams_from_config(sym.config)
-    hparams_from_config(tiny.config)
+    hparams_from_config(micro.config)
 
 
-def test_score_ensemble_is_the_mean_of_its_members(tiny, tmp_path):
+def test_score_ensemble_is_the_mean_of_its_members(micro, tmp_path):
     """``score_ensemble``: the score of E networks on one predictor is the mean of theirs (float32,
     one vmapped call against E plain ones: 1e-6 relative); members stack on a leading axis, nest,
     split back bit for bit, combine with the sign symmetry, round-trip through config.json and
@@ -183,18 +189,18 @@ def test_score_ensemble_is_the_mean_of_its_members(tiny, tmp_path):
     from storm_jax.convert import hparams_from_config
     from storm_jax.train import TrainConfig
 
-    other = sj.init_storm("tiny", jax.random.key(1))
-    other = other.replace(params={**other.params, "predictor": tiny.params["predictor"]})
-    third = sj.init_storm("tiny", jax.random.key(2))
-    third = third.replace(params={**third.params, "predictor": tiny.params["predictor"]})
-    pair = sj.score_ensemble([tiny, other])
-    assert pair.config.score_members == 2 and "score_members" not in config_to_dict(tiny.config)
+    other = sj.init_storm("micro", jax.random.key(1))
+    other = other.replace(params={**other.params, "predictor": micro.params["predictor"]})
+    third = sj.init_storm("micro", jax.random.key(2))
+    third = third.replace(params={**third.params, "predictor": micro.params["predictor"]})
+    pair = sj.score_ensemble([micro, other])
+    assert pair.config.score_members == 2 and "score_members" not in config_to_dict(micro.config)
     assert all(a.shape == (2,) + b.shape for a, b in zip(jax.tree_util.tree_leaves(pair.params["score"]),
-                                                         jax.tree_util.tree_leaves(tiny.params["score"])))
+                                                         jax.tree_util.tree_leaves(micro.params["score"])))
     k = jax.random.split(jax.random.key(6), 3)
     x, Y, C = (_rand(kk, (2, F, 8)) for kk in k)  # few frames: E + 2 compilations
     t = jnp.asarray([0.2, 0.9])
-    s0, s1, s2 = (sj.score(m, x, t, Y, C) for m in (tiny, other, third))
+    s0, s1, s2 = (sj.score(m, x, t, Y, C) for m in (micro, other, third))
     scale = float(jnp.max(jnp.abs(s0)))
     assert float(jnp.max(jnp.abs(s1 - s0))) > 1e-2 * scale  # the members differ
     np.testing.assert_allclose(np.asarray(sj.score(pair, x, t, Y, C)), np.asarray((s0 + s1) / 2), atol=1e-6 * scale)
@@ -202,24 +208,24 @@ def test_score_ensemble_is_the_mean_of_its_members(tiny, tmp_path):
     assert trio.config.score_members == 3
     np.testing.assert_allclose(np.asarray(sj.score(trio, x, t, Y, C)), np.asarray((s0 + s1 + s2) / 3), atol=1e-6 * scale)
     member = trio.score_member(1)
-    assert member.config == tiny.config
+    assert member.config == micro.config
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree_util.tree_leaves(member.params), jax.tree_util.tree_leaves(other.params)))
     odd = lambda m, *a: 0.5 * (sj.score(m, *a) - sj.score(m, *(-v if v is not t else v for v in a)))
     np.testing.assert_allclose(np.asarray(sj.score(pair.with_score_symmetry("sign"), x, t, Y, C)),
-                               np.asarray((odd(tiny, x, t, Y, C) + odd(other, x, t, Y, C)) / 2), atol=1e-6 * scale)
+                               np.asarray((odd(micro, x, t, Y, C) + odd(other, x, t, Y, C)) / 2), atol=1e-6 * scale)
     loaded = sj.load_model(sj.save_model(pair, tmp_path / "pair"))
     assert loaded.config == pair.config and config_to_dict(pair.config)["score_members"] == 2
     np.testing.assert_array_equal(np.asarray(sj.score(loaded, x, t, Y, C)), np.asarray(sj.score(pair, x, t, Y, C)))
-    init = sj.init_storm(dataclasses.replace(tiny.config, score_members=2), jax.random.key(0))
+    init = sj.init_storm(dataclasses.replace(micro.config, score_members=2), jax.random.key(0))
     assert jax.tree_util.tree_structure(init.params) == jax.tree_util.tree_structure(pair.params)
     with pytest.raises(ValueError, match="B has another predictor than A"):
-        sj.score_ensemble([tiny, sj.init_storm("tiny", jax.random.key(1))], names=["A", "B"])
+        sj.score_ensemble([micro, sj.init_storm("micro", jax.random.key(1))], names=["A", "B"])
     with pytest.raises(ValueError, match=r"model 1 differs from model 0 in its configuration \(sde\)"):
-        sj.score_ensemble([tiny, tiny.replace(config=dataclasses.replace(tiny.config, sde=sj.OUVE(sigma_max=0.25)))])
+        sj.score_ensemble([micro, micro.replace(config=dataclasses.replace(micro.config, sde=sj.OUVE(sigma_max=0.25)))])
     with pytest.raises(ValueError, match=r"model 1 differs from model 0 in its configuration \(sampler_steps\)"):
-        sj.score_ensemble([tiny, tiny.replace(config=dataclasses.replace(tiny.config, sampler_steps=5))])
+        sj.score_ensemble([micro, micro.replace(config=dataclasses.replace(micro.config, sampler_steps=5))])
     with pytest.raises(ValueError, match="score_members must be an integer >= 1"):
-        dataclasses.replace(tiny.config, score_members=0)
+        dataclasses.replace(micro.config, score_members=0)
     with pytest.raises(IndexError):
         pair.score_member(2)
     with pytest.raises(ValueError, match="one score network"):
@@ -228,7 +234,7 @@ def test_score_ensemble_is_the_mean_of_its_members(tiny, tmp_path):
         TrainConfig(model=pair.config)
 
 
-def test_score_guidance_combines_the_two_networks(tiny, tmp_path):
+def test_score_guidance_combines_the_two_networks(micro, tmp_path):
     """``score_guidance``: the guided score is ``(1 + w)·s(x, t, Y, C) − w·s_C(x, t, C)`` with the
     two networks' own scores (float32: 1e-6 relative), w = 0 the plain model bit for bit and
     w = −1 the C-only network; the weight changes without touching the weights, combines with
@@ -238,14 +244,14 @@ def test_score_guidance_combines_the_two_networks(tiny, tmp_path):
     from storm_jax.convert import hparams_from_config
     from storm_jax.train import TrainConfig
 
-    c_only = sj.init_storm(dataclasses.replace(tiny.config, condition="predictor"), jax.random.key(3))
-    c_only = c_only.replace(params={**c_only.params, "predictor": tiny.params["predictor"]})
-    guided = sj.score_guidance(tiny, c_only, 1.5)
-    assert guided.config.guidance == 1.5 and "guidance" not in config_to_dict(tiny.config)
+    c_only = sj.init_storm(dataclasses.replace(micro.config, condition="predictor"), jax.random.key(3))
+    c_only = c_only.replace(params={**c_only.params, "predictor": micro.params["predictor"]})
+    guided = sj.score_guidance(micro, c_only, 1.5)
+    assert guided.config.guidance == 1.5 and "guidance" not in config_to_dict(micro.config)
     k = jax.random.split(jax.random.key(7), 3)
     x, Y, C = (_rand(kk, (2, F, 8)) for kk in k)
     t = jnp.asarray([0.1, 0.7])
-    s_yc, s_c = sj.score(tiny, x, t, Y, C), sj.score(c_only, x, t, None, C)
+    s_yc, s_c = sj.score(micro, x, t, Y, C), sj.score(c_only, x, t, None, C)
     scale = float(jnp.max(jnp.abs(s_yc)))
     assert float(jnp.max(jnp.abs(s_yc - s_c))) > 1e-2 * scale
     np.testing.assert_allclose(np.asarray(sj.score(guided, x, t, Y, C)), np.asarray(2.5 * s_yc - 1.5 * s_c), atol=1e-5 * scale)
@@ -253,13 +259,13 @@ def test_score_guidance_combines_the_two_networks(tiny, tmp_path):
     np.testing.assert_allclose(np.asarray(sj.score(guided.with_guidance(-1.0), x, t, Y, C)), np.asarray(s_c), atol=1e-6 * scale)
     odd = lambda m, *a: 0.5 * (sj.score(m, *a) - sj.score(m, *(-v if v is not t and v is not None else v for v in a)))
     np.testing.assert_allclose(np.asarray(sj.score(guided.with_score_symmetry("sign"), x, t, Y, C)),
-                               np.asarray(2.5 * odd(tiny, x, t, Y, C) - 1.5 * odd(c_only, x, t, None, C)), atol=1e-5 * scale)
-    other = sj.init_storm("tiny", jax.random.key(1))
-    pair = sj.score_ensemble([tiny, other.replace(params={**other.params, "predictor": tiny.params["predictor"]})])
+                               np.asarray(2.5 * odd(micro, x, t, Y, C) - 1.5 * odd(c_only, x, t, None, C)), atol=1e-5 * scale)
+    other = sj.init_storm("micro", jax.random.key(1))
+    pair = sj.score_ensemble([micro, other.replace(params={**other.params, "predictor": micro.params["predictor"]})])
     s_pair = sj.score(pair, x, t, Y, C)
     np.testing.assert_allclose(np.asarray(sj.score(sj.score_guidance(pair, c_only, 1.0), x, t, Y, C)),
                                np.asarray(2.0 * s_pair - s_c), atol=1e-5 * scale)
-    assert guided.guide_model().config == c_only.config and guided.without_guidance().config == tiny.config
+    assert guided.guide_model().config == c_only.config and guided.without_guidance().config == micro.config
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree_util.tree_leaves(guided.guide_model().params), jax.tree_util.tree_leaves(c_only.params)))
     loaded = sj.load_model(sj.save_model(guided, tmp_path / "guided"))
     assert loaded.config == guided.config and config_to_dict(guided.config)["guidance"] == 1.5
@@ -268,25 +274,25 @@ def test_score_guidance_combines_the_two_networks(tiny, tmp_path):
     assert jax.tree_util.tree_structure(init.params) == jax.tree_util.tree_structure(guided.params)
     assert jax.tree_util.tree_structure(sj.param_shapes(guided.config)) == jax.tree_util.tree_structure(guided.params)
     with pytest.raises(ValueError, match="B must have a score network that sees only C"):
-        sj.score_guidance(tiny, tiny, 1.0, names=("A", "B"))
+        sj.score_guidance(micro, micro, 1.0, names=("A", "B"))
     with pytest.raises(ValueError, match="A must have a score network that sees Y and C"):
         sj.score_guidance(c_only, c_only, 1.0, names=("A", "B"))
     with pytest.raises(ValueError, match="guide has another predictor than model"):
-        sj.score_guidance(tiny, sj.init_storm(c_only.config, jax.random.key(4)), 1.0)
+        sj.score_guidance(micro, sj.init_storm(c_only.config, jax.random.key(4)), 1.0)
     with pytest.raises(ValueError, match="guide differs from model in its sde"):
-        sj.score_guidance(tiny, c_only.replace(config=dataclasses.replace(c_only.config, sde=sj.OUVE(sigma_max=0.25))), 1.0)
+        sj.score_guidance(micro, c_only.replace(config=dataclasses.replace(c_only.config, sde=sj.OUVE(sigma_max=0.25))), 1.0)
     with pytest.raises(ValueError, match="already has a guide network"):
         sj.score_guidance(guided, c_only, 1.0)
     with pytest.raises(ValueError, match="model was fine-tuned through its 5-step sampler"):
-        sj.score_guidance(tiny.replace(config=dataclasses.replace(tiny.config, sampler_steps=5)), c_only, 1.0)
+        sj.score_guidance(micro.replace(config=dataclasses.replace(micro.config, sampler_steps=5)), c_only, 1.0)
     with pytest.raises(ValueError, match="model 1 has a guide network; join the conditional networks first"):
-        sj.score_ensemble([tiny, guided])
+        sj.score_ensemble([micro, guided])
     with pytest.raises(ValueError, match="guidance must be a finite number"):
-        dataclasses.replace(tiny.config, guidance=float("nan"))
+        dataclasses.replace(micro.config, guidance=float("nan"))
     with pytest.raises(ValueError, match="guidance needs a score network that sees Y and C"):
         dataclasses.replace(c_only.config, guidance=1.0)
     with pytest.raises(ValueError, match="no guide network"):
-        tiny.with_guidance(1.0)
+        micro.with_guidance(1.0)
     with pytest.raises(ValueError, match="no condition guidance"):
         hparams_from_config(guided.config)
     with pytest.raises(ValueError, match="join them with score_guidance"):
