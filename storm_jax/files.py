@@ -22,7 +22,7 @@ import errno
 import fcntl
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 __all__ = ["OutputError", "FolderBusy", "atomic_write", "atomic_path", "check_output_folder", "hold_folder", "umask_mode",
            "tmp_name"]
@@ -104,20 +104,19 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def check_output_folder(folder: str | os.PathLike, flag: str = "--out", *,
-                        error: Callable[[str], Exception] = OutputError) -> Path:
+def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
     """Check, before any work, that ``folder`` can hold a run's output: it is a folder or does not
     exist yet, it does not lie under a file, and its nearest existing ancestor is writable.
-    Raises ``error(message)`` with one line ``FLAG FOLDER: problem``; creates nothing."""
+    Raises :class:`OutputError` with one line ``FLAG FOLDER: problem``; creates nothing."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise error(f"{flag} {folder}: exists and is not a folder")
+        raise OutputError(f"{flag} {folder}: exists and is not a folder")
     for parent in (folder, *folder.parents):
         if parent.exists():
             if not parent.is_dir():
-                raise error(f"{flag} {folder}: lies under {parent}, which is a file")
+                raise OutputError(f"{flag} {folder}: lies under {parent}, which is a file")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise error(f"{flag} {folder}: {parent} is not writable (permission denied)")
+                raise OutputError(f"{flag} {folder}: {parent} is not writable (permission denied)")
             break
     return folder
 
