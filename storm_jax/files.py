@@ -82,26 +82,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see module doc); an :class:`OutputError` naming the
-    file on any error (disk full, no permission), with no partial or temporary file left."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, umask_mode())
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {_why(err)}") from None
-    return path
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`); an :class:`OutputError` naming
+    the file on any error (disk full, no permission), with no partial or temporary file left."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
 
 
 def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
