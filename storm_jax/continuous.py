@@ -578,7 +578,8 @@ def solve_reverse(
     doc) with ``s = s_θ(x, t, Y, C)`` (:func:`storm_jax.model.score`), or the probability-flow ODE
     for ``solver="ode"``. ``Y`` and ``C`` are compressed, padded spectrograms ``[..., F, T]``;
     ``path`` comes from :func:`brownian_path` with ``shape == C.shape``; ``steps`` divides
-    ``path.finest`` (a Python int, or a traced integer so that one compilation serves every N).
+    ``path.finest`` (a Python int, checked at the call, or a traced integer); the solve is
+    jitted with N traced, so one compilation serves every N of a (config, shape).
     With ``solver="euler"`` the result equals :func:`storm_jax.sample` with
     ``SamplerConfig(steps, grid=grid, noise=noise, denoise=denoise)`` on the same path, to
     rounding.
@@ -586,12 +587,23 @@ def solve_reverse(
     Forward-mode derivatives (``jax.jvp`` in Y, C, or the parameters) are the exact pathwise
     derivatives of the discrete solve. Other arguments: :class:`SolveConfig`.
     """
-    from .model import score  # local import: keep continuous importable without the networks
-
     config = SolveConfig(
         solver=solver, grid=grid, denoise=denoise, noise=noise,
         ode_method=ode_method, rtol=rtol, atol=atol, max_steps=max_steps,
     )
-    C = jnp.asarray(C)
+    if not isinstance(path, BrownianPath):
+        raise TypeError(f"path must be a BrownianPath (storm_jax.brownian_path), got {type(path).__name__}")
+    if isinstance(steps, (int, np.integer)):
+        # Checked now (a clear error at the call), then traced: one compilation serves every N.
+        steps = _steps_array(path, steps, check_divides=config.solver != "ode")
+    return _solve_reverse_jit(model, Y, jnp.asarray(C), path, steps, config, return_stats)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "return_stats"))
+def _solve_reverse_jit(model, Y, C, path, steps, config: SolveConfig, return_stats: bool):
+    """:func:`solve_reverse` under one jit per (config, shapes): the score closure is rebuilt
+    inside the trace, so eager calls with new ``Y``/``C``/``steps`` reuse the compilation."""
+    from .model import score  # local import: keep continuous importable without the networks
+
     score_fn = lambda x, t: score(model, x, t, Y, C)
     return solve_reverse_with_score(model.config.sde, score_fn, C, path, steps, config, return_stats=return_stats)

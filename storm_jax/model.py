@@ -250,9 +250,13 @@ def _flatten(a, core: int):
     return a.reshape((-1,) + a.shape[a.ndim - core :]), lead
 
 
+@jax.jit
 def predictor(model: StormModel, Y: Complex[Array, "*batch F T"]) -> Complex[Array, "*batch F T"]:
     """Predictor output ``C = Π(Y)`` for compressed noisy spectrograms ``Y`` ``[..., F, T]``
-    (``T`` a multiple of ``2^(len(ch_mult)−1)``, F = 256 for the reference front end)."""
+    (``T`` a multiple of ``2^(len(ch_mult)−1)``, F = 256 for the reference front end).
+
+    Jitted (one compilation per config and shape; inside a trace it inlines): called eagerly,
+    a network of a few hundred operations would otherwise compile each one on its own."""
     if model.params.get("predictor") is None:
         raise ValueError("this model has no predictor network (score-only model)")
     Y = jnp.asarray(Y)
@@ -271,6 +275,7 @@ def score_inputs(model: StormModel, x, Y, C) -> list:
     return [x, C]
 
 
+@jax.jit
 def score(
     model: StormModel,
     x: Complex[Array, "*batch F T"],
@@ -296,6 +301,8 @@ def score(
     With ``config.guidance = w`` it returns ``(1 + w)·s_θ(x, t, Y, C) − w·s_φ(x, t, C)``, where
     s_φ is the guide network that sees only C (:func:`score_guidance`; the symmetry applies to
     both networks, the ensemble to s_θ).
+
+    Jitted like :func:`predictor` (the config is static, ``t`` is traced).
     """
     if model.params.get("score") is None:
         raise ValueError("this model has no score network (predictor-only model)")

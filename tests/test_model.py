@@ -44,7 +44,9 @@ def test_score_is_minus_network_on_reference_channel_order(tiny):
     t = jnp.asarray([0.4])
     net = NCSNpp(tiny.config.score_net())
     raw = net.apply({"params": tiny.params["score"]}, jnp.stack([x, Y, C], axis=-1), t)
-    np.testing.assert_array_equal(sj.score(tiny, x, t, Y, C), -raw)
+    # score is jitted (one fused program) and raw ran op by op: equal to float32 rounding
+    scale = float(jnp.max(jnp.abs(raw)))
+    np.testing.assert_allclose(np.asarray(sj.score(tiny, x, t, Y, C)), -np.asarray(raw), rtol=0, atol=1e-5 * scale)
     # swapping the conditions changes the result (the order matters)
     assert not np.allclose(sj.score(tiny, x, t, C, Y), -raw)
 
