@@ -11,3 +11,9 @@ os.environ.setdefault("STORM_JAX_COMPILATION_CACHE", os.path.join(tempfile.gette
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+# The workers compile through the same persistent cache as the subprocesses: programs that
+# several tests build from fresh closures (and both workers) compile once per run.
+from storm_jax.experiments.cli import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache()

@@ -4,8 +4,8 @@ The experiments run as a user runs them — the ``storm-jax`` command in a subpr
 embedded corpus at the ``tiny`` preset — with one persistent compilation cache shared by every
 subprocess of the session. The model is ``preset:micro`` (random weights, two levels of 8
 channels): the instrument is under test, not the shipped model, and it compiles in half the time. Tests that read the full tiny programme share one
-run (``programme``) and are grouped on one xdist worker; the kill -9 test runs beside them.
-"""
+run (``programme``) and are grouped on one xdist worker, the kill -9 test with them (it resumes
+to the programme's P0 tables)."""
 
 from __future__ import annotations
 
@@ -239,11 +239,12 @@ def _run_until_first_point(args, cache: Path, folder: Path) -> int:
     return sum(p.suffix == ".npz" for p in points.iterdir())
 
 
-@pytest.mark.xdist_group("resume")
-def test_killed_sweep_resumes_to_the_same_tables(tmp_path, cache):
+@pytest.mark.xdist_group("programme")
+def test_killed_sweep_resumes_to_the_same_tables(programme, tmp_path, cache):
+    """kill -9 after the first stored point, then resume: the tables and rows equal those of the
+    programme's uninterrupted P0 (the same command and settings, run inside ``demo``)."""
     args = ["experiment", "p0", "--preset", "tiny", *MODEL, "--quiet"]
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    _cli([*args, "--out", str(whole)], cache)
+    whole, broken = programme, tmp_path / "broken"
     n_points = len(EXPERIMENTS["p0"].points(PRESETS["tiny"]))
     stored = _run_until_first_point([*args, "--out", str(broken)], cache, broken / "p0")
     assert 0 < stored < n_points
