@@ -36,6 +36,9 @@ _FORMAT = "storm-jax/model/1"
 def config_to_dict(config: StormConfig) -> dict:
     """JSON-ready dict of a :class:`StormConfig` (tuples become lists)."""
     d = dataclasses.asdict(config)
+    for net in ("backbone", "score_backbone"):
+        if d.get(net) is not None and d[net]["mid_attention"]:
+            del d[net]["mid_attention"]  # the reference's mid block: files and run fingerprints as before
     if d["score_backbone"] is None:
         del d["score_backbone"]  # one backbone: the files of older versions, unchanged
     if d["score_symmetry"] == "none":

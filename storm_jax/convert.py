@@ -93,7 +93,7 @@ _PREFIXES = {"predictor": "denoiser_net.", "score": "score_net."}
 _DNN = "dnn."
 _CONDITIONS = {"both": "both", "noisy": "noisy", "post_denoiser": "predictor"}
 _FIXED = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions")  # set by the subclasses' constructors
-_BACKBONE_FIELDS = tuple(f.name for f in dataclasses.fields(NCSNppConfig) if f.name not in ("input_channels", "discriminative"))
+_BACKBONE_FIELDS = tuple(f.name for f in dataclasses.fields(NCSNppConfig) if f.name not in ("input_channels", "discriminative", "mid_attention"))
 # reference NCSN++ options fixed in our implementation: (hparams key, the only supported value)
 _FIXED_OPTIONS = {"nonlinearity": "swish", "fir": True, "resamp_with_conv": True, "spatial_channels": 1}
 _TORCH_HINT = "importing or exporting PyTorch checkpoints needs torch: pip install 'storm-jax[torch]'"
@@ -305,6 +305,10 @@ def hparams_from_config(config: StormConfig, layout: str | None = None) -> dict[
     if config.guidance is not None:
         raise ValueError("the reference has no condition guidance; export the conditional network alone "
                          "(model.without_guidance()) or the guide (model.guide_model())")
+    nets = [n for n, has in ((config.backbone, config.has_predictor), (config.score_net(), config.has_score)) if has]
+    if any(not n.mid_attention for n in nets):
+        raise ValueError("the reference's NCSN++ always has the mid attention block; a network with mid_attention=False "
+                         "(the micro preset) cannot be written in its layout")
     b = dataclasses.asdict(config.backbone if config.has_predictor else config.score_net())  # the network it has
     backbone_kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in b.items() if k in _BACKBONE_FIELDS}
     hp: dict[str, Any] = {}

@@ -179,7 +179,9 @@ def test_sign_symmetric_score_is_the_odd_part(micro, tmp_path):
         micro.with_score_symmetry("odd")
     with pytest.raises(ValueError, match="no score symmetry"):
         hparams_from_config(sym.config)
-    hparams_from_config(micro.config)
+    with pytest.raises(ValueError, match="mid attention block"):
+        hparams_from_config(micro.config)  # micro has no mid attention (NCSNppConfig.mid_attention)
+    hparams_from_config(dataclasses.replace(micro.config, backbone=dataclasses.replace(micro.config.backbone, mid_attention=True)))
 
 
 def test_score_ensemble_is_the_mean_of_its_members(micro, tmp_path):

@@ -388,3 +388,28 @@ def test_init_params_distributions():
     assert np.all(np.asarray(p["all_modules_4"]["GroupNorm_0"]["scale"]) == 1)
     assert not np.any(np.asarray(p["output_layer"]["bias"]))
     np.testing.assert_array_equal(init_params(cfg, 7)["all_modules_4"]["Conv_0"]["kernel"], k)
+
+
+def test_micro_has_no_mid_attention_and_others_keep_theirs():
+    """``mid_attention=False`` (the micro preset only) drops exactly the mid block's attention:
+    one ``attn`` module fewer, its parameters absent, the key map still bijective; the field is
+    recorded in a model's config only when off, so every other config file and run fingerprint
+    reads as before."""
+    from storm_jax.checkpoints import config_from_dict, config_to_dict
+    from storm_jax.model import storm_config
+    from storm_jax.nn.ncsnpp import module_layout
+
+    micro, with_mid = ncsnpp_config("micro"), ncsnpp_config("micro", mid_attention=True)
+    assert not micro.mid_attention and all(ncsnpp_config(n).mid_attention for n in PRESETS if n != "micro")
+    kinds = lambda c: [s.kind for s in module_layout(c)]
+    assert kinds(with_mid).count("attn") == kinds(micro).count("attn") + 1 == 1
+    flat, flat_mid = _flat(_abstract_params(micro, 64, 32)), _flat(_abstract_params(with_mid, 64, 32))
+    # an attention block on C = 16 channels: GroupNorm (2C) and four NIN layers (C² + C each)
+    c = micro.nf * micro.ch_mult[-1]
+    size = lambda f: sum(int(np.prod(s)) for s in f.values())
+    assert size(flat_mid) - size(flat) == 2 * c + 4 * (c * c + c)
+    km = torch_key_map(micro)
+    assert sorted(p for p, _ in km.values()) == sorted(flat)
+    d = config_to_dict(storm_config("micro"))
+    assert d["backbone"]["mid_attention"] is False and config_from_dict(d) == storm_config("micro")
+    assert "mid_attention" not in config_to_dict(storm_config("tiny"))["backbone"]

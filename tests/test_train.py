@@ -40,9 +40,9 @@ from storm_jax.train import (
     train_step,
 )
 
-# A backbone even smaller than `tiny` so that compiling a training step takes seconds.
+# The micro backbone (smaller than `tiny`, no mid attention) so that a training step compiles and runs in seconds.
 _BASE = storm_config("tiny")
-MODEL = dataclasses.replace(_BASE, backbone=dataclasses.replace(_BASE.backbone, nf=8, ch_mult=(1, 2), num_res_blocks=1))
+MODEL = dataclasses.replace(_BASE, backbone=dataclasses.replace(_BASE.backbone, nf=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False))
 CFG = TrainConfig(model=MODEL, batch_size=2, frames=32, steps=4, log_every=1, ckpt_every=2, keep=3, val_every=-1, progress=False)
 HOP = MODEL.spec.hop
 

@@ -33,7 +33,8 @@ class NCSNppConfig:
             both spatial axes).
         num_res_blocks: ResBlocks per level in the encoder (``num_res_blocks + 1`` in the decoder).
         attn_resolutions: frequency sizes at which the encoder/decoder levels get a self-attention
-            block (the mid block always has one). ``(0,)`` means "mid block only".
+            block (the mid block has one unless ``mid_attention`` is off). ``(0,)`` means "mid
+            block only".
         fir_kernel: 1-D FIR taps ``k``; the 2-D resampling kernel is ``outer(k, k)/Σ``.
         skip_rescale: residual sums are divided by √2.
         resblock_type: only ``"biggan"``.
@@ -56,6 +57,10 @@ class NCSNppConfig:
         init_scale: scale of the variance-scaling init of the "zero-init" layers (``Conv_1`` of
             the ResBlocks, ``NIN_3``, the output convolutions); ``0`` means ``1e-10``.
         dropout: dropout rate inside the ResBlocks (identity unless ``deterministic=False``).
+        mid_attention: the self-attention block between the two mid ResBlocks (the reference
+            always has it). Off only for the ``micro`` preset: with two levels its mid block sees
+            ``F/2 × T/2`` positions (4096 for a 0.5 s crop), and that one ``O((FT)²)`` attention
+            would cost most of the network's time.
 
     Lists given for the tuple fields (e.g. from JSON) are converted to tuples.
     """
@@ -80,6 +85,7 @@ class NCSNppConfig:
     discriminative: bool = False
     init_scale: float = 0.0
     dropout: float = 0.0
+    mid_attention: bool = True
 
     def __post_init__(self):
         for name in _TUPLE_FIELDS:
@@ -143,7 +149,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"nf": 16, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (0,)},
     "small": {"nf": 32, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (0,)},
     # Two levels of 8 channels: a training step compiles in seconds (fault and resume tests).
-    "micro": {"nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (0,)},
+    # No mid attention: at this depth it would attend over F/2·T/2 positions and dominate the cost.
+    "micro": {"nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (0,), "mid_attention": False},
 }
 
 PRESETS: tuple[str, ...] = tuple(_PRESETS)

@@ -72,7 +72,7 @@ def module_layout(config: NCSNppConfig) -> tuple[ModuleSpec, ...]:
     overrides applied): Fourier projection; two Linear layers if conditional; input 3×3 conv;
     encoder levels (``num_res_blocks`` ResBlocks, attention where ``image_size // 2**level`` is in
     ``attn_resolutions``, then a down ResBlock and a ``Combine`` except at the last level); mid
-    ResBlock, attention, ResBlock; decoder levels (``num_res_blocks + 1`` ResBlocks on
+    ResBlock, attention (unless ``mid_attention`` is off), ResBlock; decoder levels (``num_res_blocks + 1`` ResBlocks on
     concatenated skips, attention, output-pyramid GroupNorm + 3×3 conv, an up ResBlock except at
     level 0); a final GroupNorm + conv when there is no output pyramid.
     """
@@ -103,7 +103,8 @@ def module_layout(config: NCSNppConfig) -> tuple[ModuleSpec, ...]:
             hs_c.append(in_ch)
     in_ch = hs_c[-1]
     specs.append(ModuleSpec("resblock", in_ch, in_ch, init_scale=c.init_scale))
-    specs.append(ModuleSpec("attn", in_ch, in_ch, init_scale=c.init_scale))
+    if c.mid_attention:
+        specs.append(ModuleSpec("attn", in_ch, in_ch, init_scale=c.init_scale))
     specs.append(ModuleSpec("resblock", in_ch, in_ch, init_scale=c.init_scale))
     for i_level in reversed(range(c.num_resolutions)):
         for _ in range(c.num_res_blocks + 1):
@@ -270,7 +271,8 @@ class NCSNpp(nn.Module):
 
         h = hs[-1]
         h = take("resblock")(h, temb, deterministic)
-        h = take("attn")(h)
+        if c.mid_attention:
+            h = take("attn")(h)
         h = take("resblock")(h, temb, deterministic)
 
         # decoder
