@@ -5,8 +5,8 @@ modes, measured side by side in one process on the same batch shape.
     python benchmarks/bench_train.py --presets tiny small ncsnpp --batch 4 --frames 128 --steps 5
     python benchmarks/bench_train.py --presets tiny --modes joint freeze-predictor correct-reverse --reverse-steps 5
 
-For each preset: build the initial :class:`~storm_jax.train.TrainState` (host-side init), compile
-one :func:`~storm_jax.train.train_step` (timed separately), then time ``--steps`` further steps
+For each preset: build the initial :class:`~storm_jax.training.TrainState` (host-side init), compile
+one :func:`~storm_jax.training.train_step` (timed separately), then time ``--steps`` further steps
 on random ν-normalised waveforms (blocking on the result). Prints one JSON line per preset and a
 summary table.
 """
@@ -27,7 +27,7 @@ import numpy as np
 def bench(preset: str, batch: int, frames: int, steps: int, mode: str = "joint", reverse_steps: int | None = None) -> dict:
     from storm_jax.model import storm_config
     from storm_jax.nn import count_params
-    from storm_jax.train import StepSpec, TrainConfig, init_train_state, train_step
+    from storm_jax.training import StepSpec, TrainConfig, init_train_state, train_step
 
     extra = {"reverse_steps": reverse_steps} if mode == "correct-reverse" and reverse_steps is not None else {}
     cfg = TrainConfig(model=storm_config(preset), mode=mode, batch_size=batch, frames=frames, steps=steps, progress=False, **extra)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--modes", nargs="+", default=["joint"], help="training modes (storm_jax.train.MODES)")
+    p.add_argument("--modes", nargs="+", default=["joint"], help="training modes (storm_jax.training.MODES)")
     p.add_argument("--reverse-steps", type=int, default=None, help="N of the correct-reverse loss (default: TrainConfig's)")
     args = p.parse_args(argv)
     print(json.dumps({"device": str(jax.devices()[0]), "cpu": platform.processor() or platform.machine(), "jax": jax.__version__}))

@@ -21,7 +21,7 @@ from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixtu
 from .sampling import Draws, SamplerConfig, make_draws, sample, sample_with_score, time_grid
 from .sde import OUVE
 from .files import FolderBusy, OutputError
-from .train import MODES, CheckpointFallback, CheckpointMismatch, TrainConfig, TrainingDiverged, export_ema_model, saved_steps, storm_loss, train, train_step
+from .training import MODES, CheckpointFallback, CheckpointMismatch, TrainConfig, TrainingDiverged, export_ema_model, saved_steps, storm_loss, train, train_step
 from .evaluation import evaluate_dataset
 
 __version__ = "0.1.0"

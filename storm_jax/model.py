@@ -64,7 +64,7 @@ class StormConfig:
             score, ``w = −1`` the C-only network's.
         sampler_steps: ``None`` (a score estimate, any sampler) or the N of the reference sampler
             (reverse-diffusion predictor, no corrector) the score network was fine-tuned through
-            (``correct-reverse`` training, :mod:`storm_jax.train`): the network is then a part of
+            (``correct-reverse`` training, :mod:`storm_jax.training`): the network is then a part of
             that N-step map rather than a score, and the command-line samplers default to this N.
     """
 

@@ -15,7 +15,7 @@ __all__ = ["add_commands"]
 
 def cmd_train(args) -> int:
     from .model import storm_config
-    from .train import Terminated, TrainConfig, TrainingDiverged, export_ema_model, train
+    from .training import Terminated, TrainConfig, TrainingDiverged, export_ema_model, train
 
     overrides = {}
     if args.condition:
@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .train import export_ema_model
+    from .training import export_ema_model
 
     path = export_ema_model(args.run, args.dest, args.step, average_from=args.average_from)
     what = "the EMA weights" if args.average_from is None else f"the mean EMA weights of the checkpoints from step {args.average_from}"
@@ -116,7 +116,7 @@ def cmd_evaluate(args) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``export`` to the ``storm-jax`` sub-command parser."""
-    t = sub.add_parser("train", help="train a StoRM model (resumable; see storm_jax.train)")
+    t = sub.add_parser("train", help="train a StoRM model (resumable; see storm_jax.training)")
     t.add_argument("--preset", default="tiny", help="NCSN++ preset (tiny, small, ncsnpp, …)")
     t.add_argument("--score-preset", default=None,
                    help="NCSN++ preset of the score network when it differs from --preset (e.g. a larger score network)")

@@ -227,7 +227,7 @@ def _train_args(data: Path, out: Path, steps: int = STEPS) -> list:
 
 
 def _state(out: Path):
-    from storm_jax.train import load_training_checkpoint
+    from storm_jax.training import load_training_checkpoint
 
     _, state, meta = load_training_checkpoint(out)
     return state, meta

@@ -191,7 +191,7 @@ def test_score_ensemble_is_the_mean_of_its_members(micro, tmp_path):
     ``save_model``; another predictor or configuration, the reference export and training refuse."""
     from storm_jax.checkpoints import config_to_dict
     from storm_jax.convert import hparams_from_config
-    from storm_jax.train import TrainConfig
+    from storm_jax.training import TrainConfig
 
     other = sj.init_storm("micro", jax.random.key(1))
     other = other.replace(params={**other.params, "predictor": micro.params["predictor"]})
@@ -246,7 +246,7 @@ def test_score_guidance_combines_the_two_networks(micro, tmp_path):
     the reference export, training and loading the guide as a score network refuse."""
     from storm_jax.checkpoints import config_to_dict
     from storm_jax.convert import hparams_from_config
-    from storm_jax.train import TrainConfig
+    from storm_jax.training import TrainConfig
 
     c_only = sj.init_storm(dataclasses.replace(micro.config, condition="predictor"), jax.random.key(3))
     c_only = c_only.replace(params={**c_only.params, "predictor": micro.params["predictor"]})

@@ -17,17 +17,16 @@ import soundfile as sf
 import storm_jax
 import importlib
 
-train_mod = importlib.import_module("storm_jax.train")
+train_mod = importlib.import_module("storm_jax.training.loop")  # the loop module, whose train_step tests replace
 from storm_jax.data import DatasetError, PairDataset
 from storm_jax.model import StormModel, init_storm, predictor, score, storm_config
 from storm_jax.nn import count_params
 from storm_jax.sampling import complex_normal
-from storm_jax.train import (
+from storm_jax.training import (
     CheckpointMismatch,
     StepSpec,
     TrainConfig,
     TrainingDiverged,
-    _fingerprint_dict,
     ema_init,
     ema_update,
     init_train_state,
@@ -39,6 +38,7 @@ from storm_jax.train import (
     train,
     train_step,
 )
+from storm_jax.training.checkpoints import _fingerprint_dict
 
 # The micro backbone (smaller than `tiny`, no mid attention) so that a training step compiles and runs in seconds.
 _BASE = storm_config("tiny")
@@ -115,6 +115,35 @@ def test_predictor_only_loss():
     C = np.asarray(predictor(model, Y))
     np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(C - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-5)
 
+
+
+def test_a_registered_objective_is_a_mode_of_the_step_and_the_loop(tmp_path, dataset, monkeypatch):
+    """An objective added with ``register_objective`` is a mode like the built-in ones: the config
+    accepts it, its option is refused elsewhere, ``train_step`` takes the gradient of its loss and
+    updates only the networks it names, and ``train`` runs it (the loop knows no mode by name)."""
+    from storm_jax.training import OBJECTIVES, LossSettings, Objective
+
+    def l1(model, X, Y, key, s: LossSettings):
+        loss = jnp.mean(jnp.sum(jnp.abs(predictor(model, Y) - X), axis=(-2, -1)))
+        return loss, {"loss": loss, "loss_score": jnp.zeros(()), "loss_predictor": loss}
+
+    monkeypatch.setitem(OBJECTIVES, "predictor-l1", Objective("predictor-l1", l1, trains=("predictor",),
+                                                            options={"predictor_steps": 0}))
+    with pytest.raises(ValueError, match="predictor_steps=2 is used only by mode='freeze-predictor' or mode='predictor-l1'"):
+        TrainConfig(model=MODEL, predictor_steps=2)
+    cfg = dataclasses.replace(CFG, mode="predictor-l1", steps=2)
+    state = init_train_state(cfg)
+    r = np.random.default_rng(5)
+    clean = jnp.asarray(0.3 * r.standard_normal((2, 31 * HOP)), jnp.float32)
+    new, parts = train_step(StepSpec.of(cfg), state, clean, clean + 0.05)
+    X, Y = spectrograms(model_config_for(cfg), clean, clean + 0.05)
+    want = np.mean(np.sum(np.abs(np.asarray(predictor(StormModel(model_config_for(cfg), state.params), Y)) - np.asarray(X)), axis=(1, 2)))
+    np.testing.assert_allclose(float(parts["loss"]), want, rtol=1e-5)
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, new.params)
+    assert all(jax.tree_util.tree_leaves(same["score"])) and not all(jax.tree_util.tree_leaves(same["predictor"]))
+    run = train(cfg, tmp_path / "l1", dataset)
+    assert run["step"] == 2 and all(np.isfinite(run["losses"]))
+    assert json.loads((tmp_path / "l1" / "train_config.json").read_text())["mode"] == "predictor-l1"
 
 def test_freeze_predictor_step_leaves_the_predictor_unchanged():
     cfg = dataclasses.replace(CFG, mode="freeze-predictor")
@@ -225,7 +254,7 @@ def test_reference_mode_names_and_bad_config():
         TrainConfig(model=MODEL, mode="nope")
     with pytest.raises(ValueError, match="multiple of 2"):
         TrainConfig(model=MODEL, frames=33)
-    with pytest.raises(ValueError, match="predictor_steps=5 needs mode='freeze-predictor'"):
+    with pytest.raises(ValueError, match="predictor_steps=5 is used only by mode='freeze-predictor'"):
         TrainConfig(model=MODEL, predictor_steps=5)
     with pytest.raises(ValueError, match="lr must be"):
         TrainConfig(model=MODEL, lr=float("nan"))
@@ -404,8 +433,8 @@ def test_learning_rate_schedule_counts_each_networks_own_steps():
     with pytest.raises(ValueError, match="lr_decay must be an integer >= 0"):
         dataclasses.replace(cfg, lr_decay=-1)
     # constant-rate runs keep the fingerprint they had before schedules existed; a schedule is part of it
-    assert "lr_decay" not in train_mod._fingerprint_dict(CFG, "d")
-    assert train_mod._fingerprint_dict(cfg, "d")["lr_decay"] == 4
+    assert "lr_decay" not in _fingerprint_dict(CFG, "d")
+    assert _fingerprint_dict(cfg, "d")["lr_decay"] == 4
 
 
 def test_checkpoint_of_a_different_config_is_refused(tmp_path, dataset):
