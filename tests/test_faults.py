@@ -301,6 +301,7 @@ def _resume_matches(args, out: Path, reference: Path, cache):
     return proc
 
 
+@pytest.mark.xdist_group("reference-run")  # one uninterrupted run serves them all
 def test_kill_9_during_a_step_resumes_bit_identical(tmp_path, train_data, reference_run, jax_cache):
     out = tmp_path / "run"
     args = _train_args(train_data, out)
@@ -311,6 +312,7 @@ def test_kill_9_during_a_step_resumes_bit_identical(tmp_path, train_data, refere
     _resume_matches(args, out, reference_run, jax_cache)
 
 
+@pytest.mark.xdist_group("reference-run")  # one uninterrupted run serves them all
 def test_sigterm_during_a_step_saves_and_resumes_bit_identical(tmp_path, train_data, reference_run, jax_cache):
     out = tmp_path / "run"
     args = _train_args(train_data, out)
@@ -322,6 +324,7 @@ def test_sigterm_during_a_step_saves_and_resumes_bit_identical(tmp_path, train_d
     _resume_matches(args, out, reference_run, jax_cache)
 
 
+@pytest.mark.xdist_group("reference-run")  # one uninterrupted run serves them all
 def test_kill_9_during_a_checkpoint_write_resumes_bit_identical(tmp_path, train_data, reference_run, jax_cache):
     """kill -9 while orbax writes checkpoint 4 (its temporary folder exists, not yet committed)."""
     out = tmp_path / "run"
@@ -339,6 +342,7 @@ def _shard(step_dir: Path) -> Path:
     return max(files, key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.xdist_group("reference-run")
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, train_data, reference_run, jax_cache, damage):
     out = tmp_path / "run"

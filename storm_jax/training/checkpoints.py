@@ -24,6 +24,7 @@ from ..data import BatchState
 from ..files import atomic_write
 from ..model import StormModel
 from .config import TrainConfig, model_config_for
+from .objectives import DEFAULT_REVERSE_STEPS
 from .state import TrainState, init_train_state
 
 __all__ = ["CheckpointDamaged", "CheckpointFallback", "checkpoint_problem", "load_training_checkpoint", "export_ema_model",
@@ -33,7 +34,7 @@ __all__ = ["CheckpointDamaged", "CheckpointFallback", "checkpoint_problem", "loa
 _RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utterances", "val_steps", "keep", "progress")
 # Fields recorded in a run's fingerprint only when they differ from their default (runs made before
 # they existed keep their fingerprint).
-_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": 5,
+_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": DEFAULT_REVERSE_STEPS,
                     "logmag_weight": 0.0, "logmag_floor": 1e-3}
 
 
