@@ -128,7 +128,7 @@ def test_a_registered_objective_is_a_mode_of_the_step_and_the_loop(tmp_path, dat
         return loss, {"loss": loss, "loss_score": jnp.zeros(()), "loss_predictor": loss}
 
     monkeypatch.setitem(OBJECTIVES, "predictor-l1", Objective("predictor-l1", l1, trains=("predictor",),
-                                                            options={"predictor_steps": 0}))
+                                                            options=("predictor_steps",)))
     with pytest.raises(ValueError, match="predictor_steps=2 is used only by mode='freeze-predictor' or mode='predictor-l1'"):
         TrainConfig(model=MODEL, predictor_steps=2)
     cfg = dataclasses.replace(CFG, mode="predictor-l1", steps=2)

@@ -24,7 +24,6 @@ from ..data import BatchState
 from ..files import atomic_write
 from ..model import StormModel
 from .config import TrainConfig, model_config_for
-from .objectives import DEFAULT_REVERSE_STEPS
 from .state import TrainState, init_train_state
 
 __all__ = ["CheckpointDamaged", "CheckpointFallback", "checkpoint_problem", "load_training_checkpoint", "export_ema_model",
@@ -34,8 +33,7 @@ __all__ = ["CheckpointDamaged", "CheckpointFallback", "checkpoint_problem", "loa
 _RESUMABLE_FIELDS = ("steps", "log_every", "ckpt_every", "val_every", "val_utterances", "val_steps", "keep", "progress")
 # Fields recorded in a run's fingerprint only when they differ from their default (runs made before
 # they existed keep their fingerprint).
-_DEFAULT_OMITTED = {"init_networks": None, "init_from": None, "lr_warmup": 0, "lr_decay": 0, "reverse_steps": DEFAULT_REVERSE_STEPS,
-                    "logmag_weight": 0.0, "logmag_floor": 1e-3}
+_DEFAULT_OMITTED = ("init_networks", "init_from", "lr_warmup", "lr_decay", "reverse_steps", "logmag_weight", "logmag_floor")
 
 
 def _params_digest(params: dict) -> str:
@@ -55,8 +53,9 @@ def _fingerprint_dict(config: TrainConfig, data_fp: str, init_digest: str | None
     d["data"] = data_fp
     if d.get("init_from") is not None:
         d["init_params"] = init_digest
-    for k, default in _DEFAULT_OMITTED.items():
-        if d.get(k) == default:
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for k in _DEFAULT_OMITTED:
+        if d.get(k) == defaults[k]:
             d.pop(k, None)  # as runs recorded it before the field existed
     return d
 

@@ -192,20 +192,15 @@ class TrainConfig:
 
 def _foreign_options(config: TrainConfig, mode: str) -> list[str]:
     """A problem per field that only other objectives use and that is set away from its default."""
-    own = get_objective(mode).options
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     users: dict[str, list[str]] = {}
-    defaults: dict[str, object] = {}
     for o in OBJECTIVES.values():
         if o.public:
-            for name, default in o.options.items():
+            for name in o.options:
                 users.setdefault(name, []).append(o.name)
-                defaults[name] = default
-    out = []
-    for name, modes in users.items():
-        v = getattr(config, name)
-        if name not in own and v != defaults[name]:
-            out.append(f"{name}={v} is used only by " + " or ".join(f"mode={m!r}" for m in modes))
-    return out
+    own = get_objective(mode).options
+    return [f"{name}={getattr(config, name)} is used only by " + " or ".join(f"mode={m!r}" for m in modes)
+            for name, modes in users.items() if name not in own and getattr(config, name) != defaults[name]]
 
 
 def model_config_for(config: TrainConfig) -> StormConfig:

@@ -122,12 +122,12 @@ class Objective:
         model_config: ``model_config(model, train_config)``: the configuration of the model the
             objective trains (which networks exist, the condition, ``sampler_steps``).
         starts_from: networks of which ``init_from`` must provide at least one (default ``trains``).
-        options: ``{TrainConfig field: default}`` used only by this objective; any other mode
-            refuses a non-default value.
+        options: the :class:`~storm_jax.training.TrainConfig` fields only this objective uses;
+            any other mode refuses them away from their defaults.
         reference: the reference's name of the mode (accepted as an alias), or ``None``.
         public: a mode users choose (``False``: a stage that only :attr:`stage` selects).
-        stage: ``stage(train_config, step)``: the objective of optimiser step ``step`` (0-based),
-            or ``None`` for this one.
+        stage: ``stage(train_config, step)``: the name of the objective of optimiser step
+            ``step`` (0-based), or ``None`` for this one (default: always this one).
         validation_steps: ``validation_steps(train_config)``: reverse steps of the validation
             sampler (default ``val_steps``).
     """
@@ -137,20 +137,11 @@ class Objective:
     trains: tuple[str, ...]
     model_config: Callable[[StormConfig, Any], StormConfig] = _same_model
     starts_from: tuple[str, ...] | None = None
-    options: dict = dataclasses.field(default_factory=dict)
+    options: tuple[str, ...] = ()
     reference: str | None = None
     public: bool = True
-    stage: Callable[[Any, int], str | None] | None = None
-    validation_steps: Callable[[Any], int] | None = None
-
-    def step_objective(self, config, step: int | None) -> str:
-        """The name of the objective that trains step ``step`` (``None``: the main one)."""
-        if step is None or self.stage is None:
-            return self.name
-        return self.stage(config, step) or self.name
-
-    def sampler_steps_for_validation(self, config) -> int:
-        return config.val_steps if self.validation_steps is None else self.validation_steps(config)
+    stage: Callable[[Any, int], str | None] = lambda config, step: None
+    validation_steps: Callable[[Any], int] = lambda config: config.val_steps
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -289,7 +280,7 @@ register_objective(Objective("joint", _regeneration_loss(frozen=False), trains=(
                              reference="regen-joint-training"))
 register_objective(Objective(
     "freeze-predictor", _regeneration_loss(frozen=True), trains=("score",), starts_from=("predictor", "score"),
-    options={"predictor_steps": 0}, reference="regen-freeze-denoiser",
+    options=("predictor_steps",), reference="regen-freeze-denoiser",
     stage=lambda config, step: "predictor-stage" if step < config.predictor_steps else None))
 register_objective(Objective(
     "predictor-only", _predictor_loss, trains=("predictor",), reference="denoiser-only",
@@ -299,7 +290,7 @@ register_objective(Objective(
     model_config=lambda m, config: dataclasses.replace(m, has_predictor=False, has_score=True, condition="noisy")))
 register_objective(Objective(
     "correct-reverse", _correct_reverse_loss, trains=("score",),
-    options={"reverse_steps": DEFAULT_REVERSE_STEPS, "logmag_weight": 0.0, "logmag_floor": 1e-3},
+    options=("reverse_steps", "logmag_weight", "logmag_floor"),
     # the exported model records the sampler it was tuned through; validation samples with it
     model_config=lambda m, config: dataclasses.replace(m, has_predictor=True, has_score=True, sampler_steps=config.reverse_steps),
     validation_steps=lambda config: config.reverse_steps))

@@ -40,7 +40,8 @@ class StepSpec:
         """The spec of step ``step`` (0-based; ``None``: the run's main objective), e.g. in
         ``freeze-predictor`` mode with ``predictor_steps = K`` steps ``< K`` train the predictor
         alone (``predictor-stage``)."""
-        mode = config.objective.step_objective(config, step)
+        objective = config.objective
+        mode = objective.name if step is None else objective.stage(config, step) or objective.name
         return cls(model_config_for(config), mode, config.lr, config.ema_decay, config.lr_warmup, config.lr_decay,
                    LossSettings.of(config))
 

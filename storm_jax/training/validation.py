@@ -26,6 +26,6 @@ def validate(config: TrainConfig, state: TrainState, valid_ds: PairDataset) -> d
     from ..evaluation import evaluate_crops
 
     model = StormModel(config=model_config_for(config), params=state.ema["params"])
-    steps = config.objective.sampler_steps_for_validation(config)
+    steps = config.objective.validation_steps(config)
     # crops shorter than the utterance are fine; longer ones are zero-padded symmetrically
     return evaluate_crops(model, valid_ds, validation_batches(config, len(valid_ds)), steps=steps, key=jax.random.key(config.seed))
