@@ -7,7 +7,7 @@ shared Brownian path) · ``analysis`` (pathwise derivatives, factorization, spec
 discretization) · ``data`` · ``metrics`` · ``checkpoints``.
 """
 
-from .analysis import factorize, kink_statistic, pathwise_derivative, si_sdr_derivative
+from .analysis import ELBO, ConditionImportance, elbo, factorize, importance_of_condition, kink_statistic, pathwise_derivative, si_sdr_derivative
 from .audio import SpecConfig, compress, decompress, istft, normalization_factor, pad_frames, stft, unpad_frames
 from .checkpoints import load_model, pretrained_path, save_model
 from .convert import export_checkpoint, import_checkpoint
@@ -78,6 +78,11 @@ __all__ = [
     "si_sdr_derivative",
     "factorize",
     "kink_statistic",
+    # noise schedule and condition (second seed): the ELBO's terms, Importance of Condition
+    "ELBO",
+    "elbo",
+    "ConditionImportance",
+    "importance_of_condition",
     # metrics
     "si_sdr",
     "si_sar",

@@ -6,11 +6,15 @@
   singular values of K, L and J_x (Golub–Kahan, matfree); direction gains.
 * :mod:`.kink` — one-sided slopes at M* ± h, κ(h), bootstrap intervals, κ₀, kink width.
 * :mod:`.nonsmooth` — where max-normalisation switches samples as M changes.
+* :mod:`.elbo` — the continuous-time variational bound of the OUVE model, term by term.
+* :mod:`.condition` — Importance of Condition: the Jacobian share and the swap effect over t.
 * :mod:`.discretization` — strong/weak/tangent error against step size, fitted orders,
   Richardson extrapolation to N → ∞.
 """
 
 from ._setup import NonFiniteTangentError, frozen_norm_factor
+from .condition import ConditionImportance, condition_importance, importance_of_condition
+from .elbo import ELBO, elbo, elbo_of_score, likelihood_weight, sample_likelihood_times, weight_integral
 from .discretization import (
     ErrorCurve,
     Extrapolation,
@@ -41,6 +45,15 @@ from .nonsmooth import NormSwitches, distance_to_switch, normalization_switches
 from .sensitivity import Factorization, factorize, linearized_predictor_derivative, pathwise_derivative, si_sdr_derivative
 
 __all__ = [
+    "ConditionImportance",
+    "condition_importance",
+    "importance_of_condition",
+    "ELBO",
+    "elbo",
+    "elbo_of_score",
+    "likelihood_weight",
+    "sample_likelihood_times",
+    "weight_integral",
     "ErrorCurve",
     "Extrapolation",
     "OrderFit",
