@@ -28,7 +28,7 @@ def enable_compilation_cache(path: str | None = None) -> Path:
     except OSError:
         return root  # an unwritable cache only costs compile time
     jax.config.update("jax_compilation_cache_dir", str(root))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return root
 
