@@ -36,7 +36,7 @@ _FORMAT = "storm-jax/model/1"
 def config_to_dict(config: StormConfig) -> dict:
     """JSON-ready dict of a :class:`StormConfig` (tuples become lists)."""
     d = dataclasses.asdict(config)
-    for net in ("backbone", "score_backbone"):
+    for net in ("backbone", "score_backbone", "refiner"):
         if d.get(net) is not None and d[net]["mid_attention"]:
             del d[net]["mid_attention"]  # the reference's mid block: files and run fingerprints as before
     if d["score_backbone"] is None:
@@ -49,6 +49,8 @@ def config_to_dict(config: StormConfig) -> dict:
         del d["guidance"]  # no guide network, as the reference
     if d["sampler_steps"] is None:
         del d["sampler_steps"]  # a score network trained by score matching, as the reference
+    if d["refiner"] is None:
+        del d["refiner"]  # one stage, as the reference
     d["format"] = _FORMAT
     return d
 
@@ -74,6 +76,7 @@ def config_from_dict(d: dict, where: str = "config") -> StormConfig:
             sde=_build(OUVE, d.pop("sde"), where),
             spec=_build(SpecConfig, d.pop("spec"), where),
             score_backbone=_build(NCSNppConfig, sb, where) if (sb := d.pop("score_backbone", None)) is not None else None,
+            refiner=_build(NCSNppConfig, rb, where) if (rb := d.pop("refiner", None)) is not None else None,
             **d,
         )
     except KeyError as err:
@@ -170,6 +173,8 @@ def load_model(path: str | os.PathLike | None = None, dtype=jnp.float32) -> Stor
     params = {"predictor": restored.get("predictor"), "score": restored.get("score")}
     if cfg.guidance is not None:
         params["guide"] = restored["guide"]
+    if cfg.refiner is not None:
+        params["refiner"] = restored["refiner"]
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return StormModel(config=cfg, params=params).astype(dtype)
 

@@ -296,6 +296,9 @@ def hparams_from_config(config: StormConfig, layout: str | None = None) -> dict[
     if config.score_backbone is not None and config.has_predictor and config.has_score:
         raise ValueError("the reference's hyper-parameters give both networks one set of backbone arguments; "
                          "a model whose score network has its own backbone (score_backbone) cannot be written in its layout")
+    if config.refiner is not None:
+        raise ValueError("the reference has no refinement stage; export the one-stage model "
+                         "(dataclasses.replace(model.config, refiner=None) and the params without 'refiner')")
     if config.score_symmetry != "none" and config.has_score:
         raise ValueError(f"the reference has no score symmetry; a model with score_symmetry={config.score_symmetry!r} "
                          "would score differently there (write model.with_score_symmetry('none') to export its plain network)")

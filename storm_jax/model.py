@@ -27,7 +27,7 @@ from .audio import SpecConfig
 from .nn import NCSNpp, NCSNppConfig, init_params, ncsnpp_config
 from .sde import OUVE
 
-__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "score", "score_ensemble", "score_guidance", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
+__all__ = ["StormConfig", "StormModel", "init_storm", "param_shapes", "predictor", "refine", "score", "score_ensemble", "score_guidance", "CONDITIONS", "SCORE_SYMMETRIES", "storm_config"]
 
 CONDITIONS = ("both", "noisy", "predictor")
 """What the score network sees besides x: Y and C (the reference), only Y, or only C (then L·v = 0)."""
@@ -66,6 +66,11 @@ class StormConfig:
             (reverse-diffusion predictor, no corrector) the score network was fine-tuned through
             (``correct-reverse`` training, :mod:`storm_jax.training`): the network is then a part of
             that N-step map rather than a score, and the command-line samplers default to this N.
+        refiner: NCSN++ settings of a refinement network R (second seed: two-stage refinement),
+            or ``None`` (the reference: one stage). With one, the model's output is
+            ``x̂ + R(x̂)`` — R discriminative on the reverse process's output x̂ (2 real input
+            channels), trained by ``--mode refine`` toward the clean target with the first stage
+            frozen (:func:`refine`); ``params["refiner"]`` holds its weights.
     """
 
     backbone: NCSNppConfig = dataclasses.field(default_factory=lambda: ncsnpp_config("ncsnpp"))
@@ -79,6 +84,7 @@ class StormConfig:
     score_members: int = 1
     guidance: float | None = None
     sampler_steps: int | None = None
+    refiner: NCSNppConfig | None = None
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -101,6 +107,8 @@ class StormConfig:
                                  f"got condition={self.condition!r}, has_predictor={self.has_predictor}, has_score={self.has_score}")
         if self.condition in ("both", "predictor") and self.has_score and not self.has_predictor:
             raise ValueError(f"condition={self.condition!r} needs a predictor network")
+        if self.refiner is not None and not self.has_score:
+            raise ValueError("a refiner refines the reverse process's output: it needs a score network")
 
     @property
     def score_inputs(self) -> int:
@@ -110,7 +118,7 @@ class StormConfig:
     @property
     def frame_multiple(self) -> int:
         """Frame counts must be multiples of this: ``2^(levels − 1)`` of the deeper network."""
-        nets = [self.backbone] + ([self.score_backbone] if self.score_backbone is not None else [])
+        nets = [self.backbone] + [b for b in (self.score_backbone, self.refiner) if b is not None]
         return max(2 ** (len(b.ch_mult) - 1) for b in nets)
 
     def predictor_net(self) -> NCSNppConfig:
@@ -121,6 +129,12 @@ class StormConfig:
         """Backbone of s_θ: time-conditional, ``2·score_inputs`` real input channels."""
         base = self.score_backbone if self.score_backbone is not None else self.backbone
         return dataclasses.replace(base, discriminative=False, input_channels=2 * self.score_inputs)
+
+    def refiner_net(self) -> NCSNppConfig:
+        """Backbone of the refiner R: discriminative, 2 real input channels (Re x̂, Im x̂)."""
+        if self.refiner is None:
+            raise ValueError("this model has no refiner")
+        return dataclasses.replace(self.refiner, discriminative=True, input_channels=2)
 
     def guide_net(self) -> NCSNppConfig:
         """Backbone of the guide network s_φ (with ``guidance``): the score network's, seeing
@@ -214,6 +228,9 @@ def init_storm(config: StormConfig | str, key: Array | int, *, dtype=jnp.float32
     if config.guidance is not None:
         kg = jax.random.fold_in(ks, 1 << 20)  # the other networks' draws stay as without a guide
         params["guide"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.guide_net(), kg, param_dtype=np.dtype(dtype)))
+    if config.refiner is not None:
+        kr = jax.random.fold_in(ks, 1 << 21)  # likewise: adding a refiner leaves the other draws
+        params["refiner"] = jax.tree_util.tree_map(jnp.asarray, init_params(config.refiner_net(), kr, param_dtype=np.dtype(dtype)))
     return StormModel(config=config, params=params)
 
 
@@ -241,6 +258,9 @@ def param_shapes(config: StormConfig | str, *, dtype=jnp.float32) -> dict:
     if config.guidance is not None:
         x = jax.ShapeDtypeStruct((1, F, m, 2), cdt)
         out["guide"] = jax.eval_shape(NCSNpp(config.guide_net()).init, key, x, jax.ShapeDtypeStruct((1,), dtype))["params"]
+    if config.refiner is not None:
+        x = jax.ShapeDtypeStruct((1, F, m, 1), cdt)
+        out["refiner"] = jax.eval_shape(NCSNpp(config.refiner_net()).init, key, x, None)["params"]
     cast = lambda a: jax.ShapeDtypeStruct(a.shape, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     return jax.tree_util.tree_map(cast, out)
 
@@ -263,6 +283,21 @@ def predictor(model: StormModel, Y: Complex[Array, "*batch F T"]) -> Complex[Arr
     flat, lead = _flatten(Y, 2)
     out = NCSNpp(model.config.predictor_net()).apply({"params": model.params["predictor"]}, flat[..., None], None)
     return out.reshape(lead + out.shape[1:])
+
+
+@jax.jit
+def refine(model: StormModel, x: Complex[Array, "*batch F T"]) -> Complex[Array, "*batch F T"]:
+    """The model's output from the reverse process's output x̂: ``x̂ + R(x̂)`` with the refiner
+    R (``config.refiner``; a residual, so an untrained refiner, whose output is small, starts near
+    the identity), or x̂ itself for a one-stage model. Jitted like :func:`predictor`."""
+    if model.config.refiner is None:
+        return x
+    if model.params.get("refiner") is None:
+        raise ValueError("this model's config has a refiner but its parameters have none")
+    x = jnp.asarray(x)
+    flat, lead = _flatten(x, 2)
+    out = NCSNpp(model.config.refiner_net()).apply({"params": model.params["refiner"]}, flat[..., None], None)
+    return x + out.reshape(lead + out.shape[1:])
 
 
 def score_inputs(model: StormModel, x, Y, C) -> list:

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Complex, Float
 
 from .audio import compress, decompress, istft, normalization_factor, pad_frames, stft
-from .model import StormModel, predictor
+from .model import StormModel, predictor, refine
 from .sampling import Draws, SamplerConfig, make_draws, sample
 
 __all__ = [
@@ -124,13 +124,15 @@ def synthesis(model: StormModel, spec: Complex[Array, "... F Tp"], length: int, 
 
 
 def enhance_spectrogram(model: StormModel, Y, draws: Draws | Array, config: SamplerConfig = SamplerConfig(), predictor_only: bool = False):
-    """``(x̂, C)`` for a compressed padded noisy spectrogram ``Y``."""
+    """``(x̂, C)`` for a compressed padded noisy spectrogram ``Y`` (x̂ refined by the model's
+    refiner when it has one, :func:`~storm_jax.model.refine`)."""
     C = predictor(model, Y) if model.config.has_predictor else None
     if predictor_only or not model.config.has_score:
         if C is None:
             raise ValueError("predictor_only needs a predictor network")
         return C, C
-    return sample(model, Y, C if C is not None else Y, draws, config), C
+    # a two-stage model refines the reverse process's output (identity for one stage)
+    return refine(model, sample(model, Y, C if C is not None else Y, draws, config)), C
 
 
 def enhance_waveform(model: StormModel, y: Float[Array, "... L"], draws: Draws | Array, config: EnhanceConfig = EnhanceConfig()) -> Enhanced:

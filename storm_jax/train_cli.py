@@ -15,6 +15,7 @@ __all__ = ["add_commands"]
 
 def cmd_train(args) -> int:
     from .model import storm_config
+    from .nn import ncsnpp_config
     from .training import Terminated, TrainConfig, TrainingDiverged, export_ema_model, train
 
     overrides = {}
@@ -31,7 +32,8 @@ def cmd_train(args) -> int:
     if init_from is not None and not (init_from == "pretrained" or init_from.startswith(("pretrained:", "preset:"))):
         init_from = str(Path(init_from).absolute())
     config = TrainConfig(
-        model=storm_config(args.preset, args.score_preset, **overrides), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
+        model=storm_config(args.preset, args.score_preset, **overrides,
+                           **({} if args.refiner_preset is None else {"refiner": ncsnpp_config(args.refiner_preset)})), mode=args.mode, lr=args.lr, ema_decay=args.ema_decay,
         weighting=args.weighting, batch_size=args.batch_size, frames=args.frames, m=args.m, seed=args.seed,
         steps=args.steps, predictor_steps=args.predictor_steps, log_every=args.log_every, ckpt_every=args.ckpt_every, keep=args.keep, val_every=args.val_every,
         val_utterances=args.val_utterances, val_frames=args.val_frames, val_steps=args.val_steps, progress=not args.quiet,
@@ -124,10 +126,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_score_symmetry(t, "train", "none, the reference; sign costs two network evaluations per step")
     t.add_argument("--mode", default="joint",
                    help="joint | freeze-predictor | predictor-only | score-only (reference names accepted) | correct-reverse "
-                        "(fine-tune the score network through the reverse process, CRP; start from a trained model with --init-from)")
+                        "(fine-tune the score network through the reverse process, CRP; start from a trained model with --init-from) | "
+                        "refine (train a refinement network on a trained model's outputs, --init-from; two-stage model)")
+    t.add_argument("--refiner-preset", default=None,
+                   help="refine mode: NCSN++ preset of the refinement network (default tiny)")
     t.add_argument("--reverse-steps", type=positive_int, default=None, metavar="N",
-                   help="correct-reverse mode: reverse steps N the loss runs and back-propagates through (default 5; "
-                        "the exported model samples with this N)")
+                   help="correct-reverse mode: reverse steps N the loss runs and back-propagates through; refine mode: "
+                        "reverse steps of the first stage the refiner learns from (default 5; the exported model samples with this N)")
     t.add_argument("--logmag-weight", type=float, default=None, metavar="LAMBDA",
                    help="correct-reverse mode: add LAMBDA times the squared log-magnitude error of the output, "
                         "(log(|x|^2 + eps) - log(|X|^2 + eps))^2, to the loss (default 0: plain CRP)")

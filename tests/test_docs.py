@@ -49,7 +49,7 @@ def test_notebooks_are_stored_without_outputs():
     import nbformat
 
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_factorization.ipynb", "03_kink_and_discretization.ipynb",
-                                           "04_custom_analysis.ipynb"]
+                                           "04_custom_analysis.ipynb", "05_noise_schedule_and_condition.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)

@@ -425,3 +425,51 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     assert f.read_bytes() == b"two" and [p.name for p in f.parent.iterdir()] == ["b.txt"]
     with pytest.raises(OutputError, match="cannot write"):
         atomic_write(tmp_path / "a" / "b.txt" / "c", b"x")
+
+
+# -------------------------------------------------------------- the schedule experiment (S1, S2)
+
+
+def test_schedule_experiment_trains_measures_and_decides(tmp_path, cache):
+    """``storm-jax experiment schedule`` at the tiny preset on a saved micro model: one training
+    run per schedule and one refinement run (each resumable in ``work/``), the tables and figures,
+    S1 and S2 lines in the report that follow the stored numbers, and a rerun that trains nothing."""
+    import storm_jax
+    from storm_jax.experiments.schedule import s1_verdict, s2_verdict
+
+    model_dir = storm_jax.save_model(storm_jax.init_storm("micro", 0), tmp_path / "micro-model")
+    out = tmp_path / "run"
+    args = ["experiment", "schedule", "--preset", "tiny", "--checkpoint", str(model_dir), "--out", str(out), "--quiet"]
+    proc = _cli(args, cache)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(("S1:", "S2:"))]
+    assert [l[:3] for l in lines] == ["S1:", "S2:"] and all(re.search(r"→ \w", l) for l in lines), proc.stdout
+    folder = out / "schedule"
+    for run in ("run-0", "run-1", "refine"):
+        assert (folder / "work" / run / "fingerprint.json").is_file() and (folder / "work" / f"{run}-model" / "config.json").is_file()
+    assert json.loads((folder / "work" / "run-1-model" / "config.json").read_text())["sde"]["sigma_max"] == 1.0
+    assert "refiner" in json.loads((folder / "work" / "refine-model" / "config.json").read_text())
+    sched = _csv(folder, "schedules")
+    assert [float(r["sigma_max"]) for r in sched] == [0.5, 1.0]
+    for r in sched:
+        assert 0 <= float(r["ioc_j_mean"]) <= 1 and float(r["ioc_swap_mean"]) >= 0 and np.isfinite(float(r["elbo_total"]))
+    assert len(_csv(folder, "ioc_curves")) == 2 and len(_csv(folder, "refinement_mismatch")) == 2
+    for png in ("schedule_ioc.png", "schedule_elbo.png", "refine_mismatch.png"):
+        assert (folder / "figures" / png).stat().st_size > 5000
+    # the verdicts are functions of the stored numbers
+    store = Store(folder)
+    for rec, arrays in store.records(with_arrays=True):
+        p, row = rec["point"], dict(rec["row"])
+        if p["kind"] == "schedule":
+            row["ioc_j_mean"], row["ioc_j_se"] = (0.1, 0.001) if p["sigma_max"] == 0.5 else (0.6, 0.001)
+            store.put(p, row, arrays)
+    s1 = next(l for l in build_report(out)["verdicts"] if l.startswith("S1:"))
+    assert s1.endswith("→ changes IoC") and "spread 0.5" in s1, s1
+    rows = [{"sigma_min": 0.05, "sigma_max": b, "ioc_j_mean": m, "ioc_j_se": 0.1} for b, m in ((0.5, 0.3), (1.0, 0.4))]
+    assert s1_verdict(rows).endswith("undecided (within the estimator's noise)")
+    row = {k: 1.0 for k in ("one_si_sdr", "two_si_sdr", "one_pesq", "two_pesq", "one_estoi", "two_estoi")}
+    assert s2_verdict(row, {"one_si_sdr_utt": np.zeros(6), "two_si_sdr_utt": np.arange(1.0, 7.0)}, 200, 0).endswith("→ improves")
+    assert s2_verdict(row, {"one_si_sdr_utt": np.zeros(6), "two_si_sdr_utt": -np.arange(1.0, 7.0)}, 200, 0).endswith("→ worsens")
+    # a second run with the same arguments skips every stored point: nothing is trained again
+    stamp = (folder / "work" / "run-0" / "log.jsonl").stat().st_mtime_ns
+    _cli(args, cache)
+    assert (folder / "work" / "run-0" / "log.jsonl").stat().st_mtime_ns == stamp

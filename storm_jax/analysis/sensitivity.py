@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from ..metrics import si_sdr
-from ..model import predictor
+from ..model import predictor, refine
 from ..pipeline import Enhanced, analysis_input, enhance_mixture, mix, synthesis
 from ..sampling import sample
 from ._setup import Prepared, _Static, check_stages, prepare
@@ -220,7 +220,7 @@ def _factorize_one(model, clean, noise, m, draws, norm_factor, static: _Static, 
     # on a vmapped axis. The primal does not depend on the mapped tangents, so vmap computes it
     # once and only the tangent arithmetic is batched (one sampler run, 2–3 tangent lanes).
     def back(Yb, Cb):
-        xhat = sample(model, Yb, Cb, draws, cfg.sampler)
+        xhat = refine(model, sample(model, Yb, Cb, draws, cfg.sampler))  # a two-stage model: K, L include R'
         return xhat, synthesis(model, xhat, length, jnp.ones_like(nu))  # W(x̂), ν applied below
 
     zY, zC = jnp.zeros_like(v), jnp.zeros_like(u)
@@ -285,6 +285,9 @@ def factorize(
     the total, sharing a single primal sampler run. Without ``check_identity`` the total is
     defined as ``K·u + L·v`` (one tangent lane less) and the residuals are ``None``.
 
+    For a two-stage model (``config.refiner``) the sampler's output is refined, ``x̂ = R∘S``, so
+    ``K = ∂x̂/∂C`` and ``L = ∂x̂/∂Y`` include the refiner's Jacobian: ``K_2 = (I + R′)·K_1``.
+
     The residual measures how exactly the identity holds in floating point (expected: rounding,
     ≲1e-6 in float32, ≲1e-12 in float64); that ``total`` equals the end-to-end derivative of
     :func:`pathwise_derivative` is checked in the test suite. Arguments as in
@@ -330,7 +333,7 @@ def _linearized_core(model, clean, noise, m, m_star, draws, norm_factor, static:
         def f(q):
             Y, nu = analysis_input(model, mix(clean, noise, q, static.power), cfg)
             C = C0 + (q - m_star) * u0  # C_lin(M) = C(M*) + (M − M*)·u(M*)
-            xhat = sample(model, Y, C, draws, cfg.sampler)
+            xhat = refine(model, sample(model, Y, C, draws, cfg.sampler))
             return synthesis(model, xhat, length, nu)
 
         return jax.jvp(f, (mm,), (jnp.ones_like(mm),))

@@ -5,10 +5,11 @@ E1–E4 (DESIGN.md § Experiments), their store, tables, figures and the report 
 * :mod:`.runner` — point lists grouped by (utterance, path), resume, failures, outputs.
 * :mod:`.presets` — ``quick`` (CPU), ``paper`` (GPU), ``tiny`` (tests).
 * :mod:`.p0`, :mod:`.e1`, :mod:`.e2`, :mod:`.e3`, :mod:`.e4` — the experiments.
+* :mod:`.schedule` — the second seed's: noise schedules, ELBO and IoC (S1), refinement (S2).
 * :mod:`.report` — ``report.md`` and a self-contained ``report.html``.
 """
 
-from . import e1, e2, e3, e4, p0  # noqa: F401  (each registers itself)
+from . import e1, e2, e3, e4, p0, schedule  # noqa: F401  (each registers itself)
 from .context import Context, load_context
 from .presets import PRESETS, Preset, get_preset
 from .report import build_report

@@ -132,10 +132,12 @@ def _common(p: argparse.ArgumentParser, out_default: str | None):
 
 
 def add_commands(sub) -> None:
-    ex = sub.add_parser("experiment", help="run one experiment (p0, e1, e2, e3, e4) as a resumable sweep",
-                        description="Run P0 or E1–E4 into OUT/<name>/ (resumable: finished points are kept), then rebuild "
-                                    "OUT/report.md. Example: storm-jax experiment p0 --preset quick --out results")
-    ex.add_argument("name", choices=EXPERIMENT_ORDER)
+    ex = sub.add_parser("experiment", help="run one experiment (p0, e1, e2, e3, e4, schedule) as a resumable sweep",
+                        description="Run P0, E1–E4 or the schedule experiment (S1, S2: trains a score network per noise "
+                                    "schedule and a refiner; about an hour at the quick preset) into OUT/<name>/ "
+                                    "(resumable: finished points are kept, an interrupted training run resumes), then "
+                                    "rebuild OUT/report.md. Example: storm-jax experiment p0 --preset quick --out results")
+    ex.add_argument("name", choices=EXPERIMENT_ORDER + ("schedule",))
     _common(ex, None)
     ex.set_defaults(func=cmd_experiment)
 

@@ -53,6 +53,8 @@ class Context:
         ids: their utterance ids; data_spec: ``embedded`` or the dataset folder.
         preset: the sizes; seed: the master seed.
         memo: results shared between experiments of one process (:meth:`memoized`).
+        work: the running experiment's folder for state that outlives a killed run (set by the
+            runner; ``None`` outside a run).
     """
 
     model: StormModel
@@ -65,6 +67,7 @@ class Context:
     preset: Preset
     seed: int
     memo: dict = dataclasses.field(default_factory=dict, repr=False)
+    work: Path | None = None
 
     def memoized(self, key: tuple, compute):
         """``compute()``, remembered under ``key`` for this run (one entry per key; E1 and E2

@@ -37,6 +37,15 @@ class Preset:
         e4_utterances, e4_paths: E4's samples; e4_h: the offset of κ_N; e4_kappa_max_steps: κ_N
             is measured for N up to this; e4_solver: the continuous-time reference (diffrax).
         n_boot: bootstrap replicates of every interval.
+        sched_sigma_min, sched_sigma_max: the schedule experiment's grid of (σ_min, σ_max).
+        sched_score_preset: NCSN++ preset of the score network trained per schedule;
+            sched_train_steps, sched_batch, sched_frames, sched_lr: its training run.
+        sched_seconds, sched_test_utterances: the test crops it is measured on;
+            sched_sampler_steps: the sampler N of its enhancement (and of the refiner's first stage).
+        sched_elbo_samples: Monte Carlo draws per ELBO term; sched_ioc_times, sched_ioc_samples,
+            sched_ioc_probes: where and how IoC is estimated.
+        refine_preset, refine_train_steps: the refinement network and its run; refine_m: the
+            amplitudes of the SI-SDR(M) comparison of one and two stages.
     """
 
     name: str
@@ -63,6 +72,23 @@ class Preset:
     e4_kappa_max_steps: int
     e4_solver: str = "sea"
     n_boot: int = 2000
+    sched_sigma_min: tuple[float, ...] = (0.05, 0.1)
+    sched_sigma_max: tuple[float, ...] = (0.5, 1.0)
+    sched_score_preset: str = "tiny"
+    sched_train_steps: int = 600
+    sched_batch: int = 4
+    sched_frames: int = 64
+    sched_lr: float = 5e-4
+    sched_seconds: float = 1.0
+    sched_test_utterances: int = 8
+    sched_sampler_steps: int = 8
+    sched_elbo_samples: int = 16
+    sched_ioc_times: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0)
+    sched_ioc_samples: int = 4
+    sched_ioc_probes: int = 1
+    refine_preset: str = "tiny"
+    refine_train_steps: int = 600
+    refine_m: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     def __post_init__(self):
         finest = max(self.e4_steps)
@@ -73,6 +99,14 @@ class Preset:
             raise ValueError(f"preset {self.name}: E4 needs at least 3 step counts (two to fit, one reference)")
         if min(len(self.hs), len(self.rho_hs), len(self.ablation_hs)) < 2:
             raise ValueError(f"preset {self.name}: every list of offsets h needs at least 2 values")
+        bad = [(a, b) for a in self.sched_sigma_min for b in self.sched_sigma_max if not 0 < a < b]
+        if bad or not self.sched_sigma_min or not self.sched_sigma_max:
+            raise ValueError(f"preset {self.name}: every schedule needs 0 < sigma_min < sigma_max; got {bad or 'an empty grid'}")
+        from ..nn import PRESETS as NET_PRESETS
+
+        for name in ("sched_score_preset", "refine_preset"):
+            if getattr(self, name) not in NET_PRESETS:
+                raise ValueError(f"preset {self.name}: {name}={getattr(self, name)!r} is not an NCSN++ preset ({', '.join(NET_PRESETS)})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,6 +118,9 @@ PRESETS: dict[str, Preset] = {
         hs=(0.1, 0.03, 0.01), jac_utterances=1, jac_paths=1, rho_hs=(0.1, 0.03, 0.01), svd_steps=2, svd_k=1,
         svd_matvecs=3, gain_h=0.03, gain_random=3, ablation_hs=(0.1, 0.03), e4_steps=(2, 4, 8), e4_utterances=1,
         e4_paths=2, e4_h=0.03, e4_kappa_max_steps=4, n_boot=200,
+        sched_sigma_min=(0.05,), sched_sigma_max=(0.5, 1.0), sched_score_preset="micro", sched_train_steps=2, sched_batch=2,
+        sched_frames=16, sched_seconds=0.25, sched_test_utterances=2, sched_sampler_steps=2, sched_elbo_samples=2,
+        sched_ioc_times=(0.5,), sched_ioc_samples=2, refine_preset="micro", refine_train_steps=2, refine_m=(0.5, 1.0),
     ),
     "quick": Preset(
         name="quick", seconds=0.5, steps=8, utterances=2, paths=2, grid_points=7, m_range=(0.25, 4.0),
@@ -97,6 +134,10 @@ PRESETS: dict[str, Preset] = {
         rho_hs=(0.3, 0.1, 0.03, 0.01, 0.003, 0.001), svd_steps=6, svd_k=8, svd_matvecs=24, gain_h=0.003,
         gain_random=32, ablation_hs=(0.1, 0.03, 0.01, 0.003), e4_steps=(8, 15, 30, 60, 120, 240, 480),
         e4_utterances=16, e4_paths=4, e4_h=0.01, e4_kappa_max_steps=240,
+        sched_sigma_min=(0.01, 0.05, 0.1), sched_sigma_max=(0.25, 0.5, 1.0, 1.5), sched_train_steps=50_000, sched_batch=8,
+        sched_frames=256, sched_lr=1e-4, sched_seconds=4.0, sched_test_utterances=100, sched_sampler_steps=30,
+        sched_elbo_samples=64, sched_ioc_times=(0.03, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0), sched_ioc_samples=8, sched_ioc_probes=2,
+        refine_train_steps=50_000, refine_m=(0.25, 0.5, 1.0, 2.0, 4.0),
     ),
 }
 """The presets. ``quick`` is what ``storm-jax demo`` runs (minutes on a 2-core CPU);

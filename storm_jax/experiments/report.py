@@ -4,7 +4,8 @@ self-contained ``report.html`` (figures embedded as base64 PNG).
 A pure function of the stores: each experiment's :class:`~storm_jax.experiments.runner.Summary`
 is recomputed from its stored points (tables and figures rewritten too), so the report can be
 rebuilt at any time and says exactly what the stored numbers say. The verdict lines come first,
-one per hypothesis, starting ``P0:``, ``H1:``, ``H2:``, ``H3:``, ``E4:``; an experiment that has
+one per hypothesis, starting ``P0:``, ``H1:``, ``H2:``, ``H3:``, ``E4:`` (and ``S1:``, ``S2:`` of the
+schedule experiment); an experiment that has
 not been run gets a line saying so (never an assumed verdict).
 """
 
@@ -21,7 +22,7 @@ from .store import StoreError, atomic_write
 
 __all__ = ["build_report"]
 
-ORDER = (("p0", "P0"), ("e1", "H1"), ("e2", "H2"), ("e3", "H3"), ("e4", "E4"))
+ORDER = (("p0", ("P0",)), ("e1", ("H1",)), ("e2", ("H2",)), ("e3", ("H3",)), ("e4", ("E4",)), ("schedule", ("S1", "S2")))
 
 
 def build_report(out: str | os.PathLike) -> dict:
@@ -30,10 +31,10 @@ def build_report(out: str | os.PathLike) -> dict:
     if not out.is_dir():
         raise StoreError(f"{out}: no such folder (run an experiment into it first)")
     sections, verdicts = [], []
-    for name, tag in ORDER:
+    for name, tags in ORDER:
         folder = out / name
         if not (folder / "settings.json").is_file():
-            verdicts.append(f"{tag}: not run (no {name}/ folder under {out}; storm-jax experiment {name} --out {out})")
+            verdicts += [f"{tag}: not run (no {name}/ folder under {out}; storm-jax experiment {name} --out {out})" for tag in tags]
             continue
         summary = write_outputs(folder)
         record = json.loads((folder / "record.json").read_text()) if (folder / "record.json").is_file() else {}

@@ -61,12 +61,15 @@ class Experiment:
     Attributes:
         name: ``p0``, ``e1`` … (the folder under ``--out``).
         title: one line for the report.
-        points: ``points(preset) -> [point]``; a point is a flat dict of JSON scalars whose first
-            fields are ``utt`` and ``path``.
+        points: ``points(preset) -> [point]``; a point is a flat dict of JSON scalars that holds
+            the ``group_by`` fields.
         evaluate: ``evaluate(ctx, points) -> [(row, arrays)]`` for the points of one group (same
-            ``utt`` and ``path``), in their order.
+            ``group_by`` fields), in their order. ``ctx.work`` is a folder of the experiment's own
+            for intermediate state that outlives a killed run (e.g. training runs to resume).
         summarize: ``summarize(records, settings) -> Summary`` from the stored points alone.
         settings: the preset fields the experiment depends on (stored in settings.json).
+        group_by: the point fields that define a group, the unit computed whole (default an
+            utterance and a Brownian path, which share one compiled computation).
     """
 
     name: str
@@ -75,6 +78,7 @@ class Experiment:
     evaluate: Callable[[Context, list[dict]], list[tuple[dict, dict]]]
     summarize: Callable[[Rows, dict], Summary]
     settings: Callable[[Any], dict]
+    group_by: tuple[str, ...] = ("utt", "path")
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -85,10 +89,10 @@ def register(exp: Experiment) -> Experiment:
     return exp
 
 
-def _groups(points: Sequence[dict]) -> list[list[dict]]:
+def _groups(points: Sequence[dict], keys: tuple[str, ...] = ("utt", "path")) -> list[list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for p in points:
-        groups.setdefault((p["utt"], p["path"]), []).append(p)
+        groups.setdefault(tuple(p[k] for k in keys), []).append(p)
     return list(groups.values())
 
 
@@ -136,13 +140,14 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
 
     folder = Path(out) / exp.name
     store = Store.open(folder, experiment_settings(exp, ctx))
+    ctx = dataclasses.replace(ctx, work=folder / "work")  # the memo is shared, not copied
     points = exp.points(ctx.preset)
     ids = [point_id(p) for p in points]
     if len(set(ids)) != len(ids):
         raise StoreError(f"{exp.name}: two points share an id (a bug in the point list)")
     with store.lock():
         done = store.done_ids()
-        todo = [g for g in _groups(points) if any(point_id(p) not in done for p in g)]
+        todo = [g for g in _groups(points, exp.group_by) if any(point_id(p) not in done for p in g)]
         t_start = time.perf_counter()
         n_done = sum(pid in done for pid in ids)
         walls = []
@@ -158,7 +163,8 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
                 except (FloatingPointError, ValueError) as err:
                     for p in group:
                         store.fail(p, _stage(err), str(err).splitlines()[0])
-                    bar.write(f"{exp.name}: point group utt={group[0]['utt']} path={group[0]['path']} failed: {str(err).splitlines()[0]}",
+                    where = " ".join(f"{k}={group[0][k]}" for k in exp.group_by)
+                    bar.write(f"{exp.name}: point group {where} failed: {str(err).splitlines()[0]}",
                               file=sys.stderr)
                     bar.update(sum(point_id(p) not in done for p in group))
                     continue
@@ -173,7 +179,7 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
                     else:
                         store.put(p, row, arrays)
                     bar.update(1)
-                walls.append({"utt": group[0]["utt"], "path": group[0]["path"], "points": len(group),
+                walls.append({**{k: group[0][k] for k in exp.group_by}, "points": len(group),
                               "seconds": round(time.perf_counter() - t0, 3)})
         finally:
             bar.close()

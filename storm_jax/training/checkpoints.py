@@ -217,7 +217,7 @@ def _saved(mngr) -> list[int]:
 
 def _template(config: TrainConfig) -> TrainState:
     # The template only gives the structure: never reload ``init_from`` (it may have moved).
-    return init_train_state(dataclasses.replace(config, init_from=None, init_networks=None))
+    return init_train_state(config, load_init=False)
 
 
 def load_training_checkpoint(out: str | os.PathLike, step: int | None = None) -> tuple[TrainConfig, TrainState, dict]:

@@ -136,7 +136,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < (0 if name == "steps" else 1):
                 problems.append(f"{name} must be a positive integer, got {v!r}")
-        mult = self.model.frame_multiple
+        try:  # the trained model's networks (a refine run's refiner too)
+            mult = (model_config_for(self) if mode in modes else self.model).frame_multiple
+        except ValueError:  # an invalid option the checks below name
+            mult = self.model.frame_multiple
         for name in ("frames", "val_frames"):
             v = getattr(self, name)
             if isinstance(v, (int, np.integer)) and v % mult:
@@ -156,10 +159,12 @@ class TrainConfig:
         if self.init_networks is not None:
             nets = tuple(self.init_networks)
             object.__setattr__(self, "init_networks", nets)
-            if not nets or any(n not in ("predictor", "score") for n in nets) or len(set(nets)) != len(nets):
-                problems.append(f"init_networks must name 'predictor' and/or 'score' once each, got {list(nets)}")
+            if not nets or any(n not in ("predictor", "score", "refiner") for n in nets) or len(set(nets)) != len(nets):
+                problems.append(f"init_networks must name 'predictor', 'score' and/or 'refiner' once each, got {list(nets)}")
             if self.init_from is None:
                 problems.append("init_networks needs init_from")
+        if mode in modes and get_objective(mode).needs_init_from and self.init_from is None:
+            problems.append(f"mode={mode!r} works on a trained model: give init_from (a model directory or pretrained[:NAME])")
         if not (math.isfinite(self.m) and self.m >= 0):
             problems.append(f"m must be finite and >= 0, got {self.m}")
         if self.model.score_members != 1:

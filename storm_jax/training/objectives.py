@@ -43,6 +43,14 @@ for generative speech enhancement", arXiv 2309.09677]
     With ``logmag_weight`` λ > 0 (not in CRP) the loss adds
     ``λ·mean_b ½·Σ(log(|x̂|² + ε) − log(|X|² + ε))²``, which sees the attenuation of quieter speech
     bins that the complex error, ruled by the loudest bins, hardly does (:func:`storm_loss`).
+``refine`` [not in the reference: the second seed's two-stage refinement]
+    a refinement network R (``StormConfig.refiner``, NCSN++ in discriminative mode) trained on the
+    frozen StoRM model's outputs toward the clean target: with fresh draws per step,
+    ``x̂ = sampler_N(s_θ; Y, C, z)`` (the reference sampler, ``N = reverse_steps``, no gradient)
+    and ``L = mean_b ½·Σ|x̂ + R(x̂) − X|²``; ``loss_score`` is the first stage's
+    ``mean_b ½·Σ|x̂ − X|²`` on the same batch, so ``loss < loss_score`` means the refiner improves
+    on one stage. Predictor and score network stay as loaded (``init_from`` is required); the
+    exported model samples with this N and refines (:func:`~storm_jax.model.refine`).
 
 An :class:`Objective` holds everything mode-specific: its loss, the networks it trains, the model
 configuration it trains, the :class:`~storm_jax.training.TrainConfig` options only it uses, the
@@ -60,7 +68,8 @@ import jax
 import jax.numpy as jnp
 
 from ..audio import compress, stft
-from ..model import StormConfig, StormModel, predictor, score
+from ..model import StormConfig, StormModel, predictor, refine, score
+from ..nn import ncsnpp_config
 from ..sampling import SamplerConfig, complex_normal, make_draws, sample_with_score
 
 __all__ = [
@@ -130,6 +139,7 @@ class Objective:
             ``step`` (0-based), or ``None`` for this one (default: always this one).
         validation_steps: ``validation_steps(train_config)``: reverse steps of the validation
             sampler (default ``val_steps``).
+        needs_init_from: the objective works on a trained model (``init_from`` is required).
     """
 
     name: str
@@ -142,6 +152,7 @@ class Objective:
     public: bool = True
     stage: Callable[[Any, int], str | None] = lambda config, step: None
     validation_steps: Callable[[Any], int] = lambda config: config.val_steps
+    needs_init_from: bool = False
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -246,6 +257,24 @@ def _correct_reverse_loss(model, X, Y, key, s: LossSettings):
     return loss, {"loss": loss, **parts}
 
 
+def _refine_loss(model, X, Y, key, s: LossSettings):
+    C = jax.lax.stop_gradient(predictor(model, Y))
+    cfg = SamplerConfig(steps=s.reverse_steps)  # the reference sampler (module docstring)
+    draws = make_draws(key, X.shape, cfg, X.dtype)
+    x_hat = jax.lax.stop_gradient(sample_with_score(model.config.sde, lambda x, t: score(model, x, t, Y, C), C, draws, cfg))
+    loss = _mean_sq(refine(model, x_hat) - X)
+    return loss, {"loss": loss, "loss_score": _mean_sq(x_hat - X), "loss_predictor": _mean_sq(C - X)}
+
+
+# The refiner a `refine` run trains when its model config names none ("the tiny preset, or smaller").
+DEFAULT_REFINER = "tiny"
+
+
+def _refine_model(m: StormConfig, config) -> StormConfig:
+    return dataclasses.replace(m, has_predictor=True, has_score=True, sampler_steps=config.reverse_steps,
+                               refiner=m.refiner if m.refiner is not None else ncsnpp_config(DEFAULT_REFINER))
+
+
 def storm_loss(params: dict, model_config: StormConfig, mode: str, weighting: float, X, Y, key,
                reverse_steps: int = DEFAULT_REVERSE_STEPS, logmag_weight: float = 0.0,
                logmag_floor: float = 1e-3) -> tuple[Array, dict]:
@@ -294,5 +323,8 @@ register_objective(Objective(
     # the exported model records the sampler it was tuned through; validation samples with it
     model_config=lambda m, config: dataclasses.replace(m, has_predictor=True, has_score=True, sampler_steps=config.reverse_steps),
     validation_steps=lambda config: config.reverse_steps))
+register_objective(Objective(
+    "refine", _refine_loss, trains=("refiner",), starts_from=("score",), options=("reverse_steps",),
+    model_config=_refine_model, validation_steps=lambda config: config.reverse_steps, needs_init_from=True))
 # freeze-predictor's first `predictor_steps` steps: the predictor-only loss on the two-network model
 register_objective(Objective("predictor-stage", _predictor_loss, trains=("predictor",), public=False))

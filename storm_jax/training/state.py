@@ -81,19 +81,23 @@ def _optimizer(config) -> optax.GradientTransformation:
     return optax.adam(learning_rate(config), b1=0.9, b2=0.999, eps=1e-8)
 
 
-def init_train_state(config: TrainConfig) -> TrainState:
+def init_train_state(config: TrainConfig, *, load_init: bool = True) -> TrainState:
     """Fresh state: parameters from ``init_storm(model_config_for(config), fold_in(key(seed), 2³¹ − 1))``,
-    replaced network by network by those of ``config.init_from`` when it is set."""
+    replaced network by network by those of ``config.init_from`` when it is set (and
+    ``load_init``: without it, only the state's structure, e.g. to restore a checkpoint into)."""
     base = jax.random.key(config.seed)
     model = init_storm(model_config_for(config), jax.random.fold_in(base, 2**31 - 1))
     params = model.params
-    if config.init_from is not None:
+    if config.init_from is not None and load_init:
         loaded = _load_init(config)
         params = {k: (loaded[k] if loaded.get(k) is not None and v is not None else v) for k, v in params.items()}
     opt = _optimizer(config)
     opt_state = {k: (opt.init(v) if v is not None else None) for k, v in params.items()}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       ema=ema_init(params), key=jax.random.key_data(base))
+
+
+_NETWORKS = ("predictor", "score", "refiner")  # the networks a run may take from a model (not a guide)
 
 
 def _load_init(config: TrainConfig) -> dict:
@@ -115,12 +119,13 @@ def _load_init(config: TrainConfig) -> dict:
         raise FileNotFoundError(f"init_from: {err}") from None
     run_cfg = model_config_for(config)
     # a guided model's guide network is not part of a run; its conditional network is "score"
-    names = config.init_networks if config.init_networks is not None else tuple(k for k in ("predictor", "score") if model.params.get(k) is not None)
+    names = config.init_networks if config.init_networks is not None else tuple(
+        k for k in _NETWORKS if model.params.get(k) is not None and (k != "refiner" or run_cfg.refiner is not None))
     want, got = config_to_dict(run_cfg), config_to_dict(model.config)
     # score_symmetry is how the score network is used, not what its weights are: fine-tuning a
     # plain network into its odd part (or back) is allowed; an ensemble's predictor may be loaded
     per_network = ("has_predictor", "has_score", "backbone", "score_backbone", "score_symmetry", "score_members", "guidance",
-                   "sampler_steps")
+                   "sampler_steps", "refiner")
     score_loaded = "score" in names and run_cfg.has_score
     for k in per_network + (() if score_loaded else ("sde", "condition")):
         want.pop(k, None), got.pop(k, None)
@@ -130,12 +135,14 @@ def _load_init(config: TrainConfig) -> dict:
     if "score" in names and model.config.has_score and model.config.score_members != 1:
         raise ValueError(f"init_from={spec}: the model is an ensemble of {model.config.score_members} score networks; "
                          "start from one member (StormModel.score_member) or load only its predictor (init_networks)")
-    out: dict = {"predictor": None, "score": None}
+    out: dict = {"predictor": None, "score": None, "refiner": None}
     for name in names:
         if model.params.get(name) is None:
             raise ValueError(f"init_from={spec}: the model has no {name} network (init_networks={list(names)})")
-        if run_cfg.has_predictor if name == "predictor" else run_cfg.has_score:
-            net = "predictor_net" if name == "predictor" else "score_net"
+        if name == "refiner" and run_cfg.refiner is None:
+            raise ValueError(f"init_from={spec}: init_networks names the refiner, but this run trains no model with one")
+        if {"predictor": run_cfg.has_predictor, "score": run_cfg.has_score, "refiner": run_cfg.refiner is not None}[name]:
+            net = f"{name}_net"
             d = _diff(dataclasses.asdict(getattr(model.config, net)()), dataclasses.asdict(getattr(run_cfg, net)()), f"{name}.")
             if d:
                 raise ValueError(f"init_from={spec}: the model's {name} network differs from the run's:\n  " + "\n  ".join(d))
