@@ -15,7 +15,7 @@ from .continuous import BrownianPath, SolveConfig, brownian_path, draws_from_pat
 from .data import BatchConfig, BatchIterator, BatchState, CorpusConfig, DatasetError, PairDataset, embedded_corpus, folder_dataset
 from .metrics import si_sdr
 from .metrics import energy_ratios, enhancement_metrics, estoi, pesq_wb, si_sar, si_sir
-from .model import CONDITIONS, SCORE_SYMMETRIES, StormConfig, StormModel, init_storm, param_shapes, predictor, score, score_ensemble, score_guidance, storm_config
+from .model import CONDITIONS, SCORE_SYMMETRIES, StormConfig, StormModel, init_storm, param_shapes, predictor, refine, score, score_ensemble, score_guidance, storm_config
 from .nn import NCSNpp, NCSNppConfig, ncsnpp_config
 from .pipeline import EnhanceConfig, Enhanced, draws_for, enhance, enhance_mixture, enhance_waveform, mix, spec_shape
 from .sampling import Draws, SamplerConfig, make_draws, sample, sample_with_score, time_grid
@@ -36,6 +36,7 @@ __all__ = [
     "init_storm",
     "param_shapes",
     "predictor",
+    "refine",
     "score",
     "score_ensemble",
     "score_guidance",

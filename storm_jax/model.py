@@ -288,8 +288,9 @@ def predictor(model: StormModel, Y: Complex[Array, "*batch F T"]) -> Complex[Arr
 @jax.jit
 def refine(model: StormModel, x: Complex[Array, "*batch F T"]) -> Complex[Array, "*batch F T"]:
     """The model's output from the reverse process's output x̂: ``x̂ + R(x̂)`` with the refiner
-    R (``config.refiner``; a residual, so an untrained refiner, whose output is small, starts near
-    the identity), or x̂ itself for a one-stage model. Jitted like :func:`predictor`."""
+    R (``config.refiner``; a residual: NCSN++'s output layer is initialised at a small scale, so a
+    fresh tiny refiner moves x̂ by about 4e-6 of its norm and training starts from the one-stage
+    output), or x̂ itself for a one-stage model. Jitted like :func:`predictor`."""
     if model.config.refiner is None:
         return x
     if model.params.get("refiner") is None:

@@ -121,10 +121,33 @@ def _swap_terms(D, x, t, Y, C, Y2, C2, wrt: str):
     return per(d - ds), per(d - x)
 
 
-def _check_times(sde: OUVE, ts):
-    ts = np.asarray(ts)
-    if ts.size == 0 or not np.all((ts >= sde.t_eps) & (ts <= sde.T)):
-        raise ValueError(f"importance_of_condition: times must lie in [t_eps, T] = [{sde.t_eps}, {sde.T}], got {ts}")
+def _checked(sde, kind, wrt, along, Y, C, t, samples, probes, steps, other, rdt):
+    """Validate :func:`condition_importance`'s arguments; return ``t`` as a 1-D array (or None)
+    and the checked counts."""
+    if kind not in KINDS:
+        raise ValueError(f"importance_of_condition: kind must be one of {KINDS}, got {kind!r}")
+    if wrt not in WRT:
+        raise ValueError(f"importance_of_condition: wrt must be one of {WRT}, got {wrt!r}")
+    if along not in ALONG:
+        raise ValueError(f"importance_of_condition: along must be one of {ALONG}, got {along!r}")
+    for needed, arr, what in (("both", Y, "Y"), ("noisy", Y, "Y"), ("both", C, "C"), ("predictor", C, "C")):
+        if wrt == needed and arr is None:
+            raise ValueError(f"importance_of_condition: wrt={wrt!r} needs the condition {what}, which this score does not see")
+    samples = check_positive_int("importance_of_condition", "samples", samples, 2)
+    probes = check_positive_int("importance_of_condition", "probes", probes)
+    if kind == "swap" and other is None:
+        raise ValueError("importance_of_condition: kind='swap' needs the other utterances' conditions (other=(Y', C'))")
+    if along == "reverse":
+        if t is not None:
+            raise ValueError("importance_of_condition: along='reverse' takes the sampler's grid times; leave t=None")
+        steps = check_positive_int("importance_of_condition", "steps", steps)
+    if t is not None:
+        t = jnp.asarray(t, rdt).reshape(-1)
+        if not isinstance(t, jax.core.Tracer):
+            ts = np.asarray(t)
+            if ts.size == 0 or not np.all((ts >= sde.t_eps) & (ts <= sde.T)):
+                raise ValueError(f"importance_of_condition: times must lie in [t_eps, T] = [{sde.t_eps}, {sde.T}], got {ts}")
+    return t, samples, probes, steps
 
 
 def _ratio(a, b):
@@ -168,27 +191,8 @@ def condition_importance(
         probes: Hutchinson probes per state and block (``jacobian``).
         other: ``(Y′, C′)`` for ``swap``: the other utterances' conditions, shaped like Y and C.
     """
-    if kind not in KINDS:
-        raise ValueError(f"importance_of_condition: kind must be one of {KINDS}, got {kind!r}")
-    if wrt not in WRT:
-        raise ValueError(f"importance_of_condition: wrt must be one of {WRT}, got {wrt!r}")
-    if along not in ALONG:
-        raise ValueError(f"importance_of_condition: along must be one of {ALONG}, got {along!r}")
-    for needed, arr, what in (("both", Y, "Y"), ("noisy", Y, "Y"), ("both", C, "C"), ("predictor", C, "C")):
-        if wrt == needed and arr is None:
-            raise ValueError(f"importance_of_condition: wrt={wrt!r} needs the condition {what}, which this score does not see")
-    samples = check_positive_int("importance_of_condition", "samples", samples, 2)
-    probes = check_positive_int("importance_of_condition", "probes", probes)
-    if kind == "swap" and other is None:
-        raise ValueError("importance_of_condition: kind='swap' needs the other utterances' conditions (other=(Y', C'))")
-    if along == "reverse":
-        if t is not None:
-            raise ValueError("importance_of_condition: along='reverse' takes the sampler's grid times; leave t=None")
-        steps = check_positive_int("importance_of_condition", "steps", steps)
     X = jnp.asarray(X)
-    t = None if t is None else jnp.asarray(t, jnp.real(X).dtype).reshape(-1)
-    if t is not None and not isinstance(t, jax.core.Tracer):
-        _check_times(sde, t)
+    t, samples, probes, steps = _checked(sde, kind, wrt, along, Y, C, t, samples, probes, steps, other, jnp.real(X).dtype)
     # one compilation per score function and shape (called eagerly, the lax.map bodies would
     # otherwise be traced op by op); inside a caller's jit this inlines
     arrays = _ioc_core(sde, score_fn, X, Y, C, attractor, key, t, other, kind, wrt, along, samples, probes, steps)
@@ -240,9 +244,9 @@ def _ioc_core(sde, score_fn, X, Y, C, attractor, key, t, other, kind, wrt, along
 
 @functools.partial(jax.jit, static_argnames=("kind", "wrt", "along", "samples", "probes", "steps"))
 def _model_ioc(model, X, Y, C, attractor, key, t, other, kind, wrt, along, samples, probes, steps):
-    return condition_importance(model.config.sde, lambda x, tt, y, c: score(model, x, tt, y, c), X, Y, C, attractor, key,
-                                kind=kind, wrt=wrt, along=along, t=t, samples=samples, probes=probes, steps=steps,
-                                other=other)
+    # the model is traced, so its score is a closure over traced parameters: the core runs inline
+    return ConditionImportance(*_ioc_core.__wrapped__(model.config.sde, lambda x, tt, y, c: score(model, x, tt, y, c), X, Y,
+                                                      C, attractor, key, t, other, kind, wrt, along, samples, probes, steps))
 
 
 def importance_of_condition(
@@ -272,9 +276,7 @@ def importance_of_condition(
     cond = model.config.condition
     wrt = cond if wrt is None else wrt
     sees = {"both": ("both", "noisy", "predictor"), "noisy": ("noisy",), "predictor": ("predictor",)}[cond]
-    if wrt not in WRT:
-        raise ValueError(f"importance_of_condition: wrt must be one of {WRT}, got {wrt!r}")
-    if wrt not in sees:
+    if wrt in WRT and wrt not in sees:
         raise ValueError(f"importance_of_condition: wrt={wrt!r}, but this model's score network sees condition={cond!r}")
     pair = spectrogram_pair("importance_of_condition", model, clean, noisy, normalization)
     Y = pair.Y if cond in ("both", "noisy") else None
@@ -289,14 +291,9 @@ def importance_of_condition(
             other = (roll(Y), roll(C))
         else:
             raise ValueError("importance_of_condition: kind='swap' needs another utterance: pass other_noisy, or a batch of B >= 2 utterances")
-    t_arr = None if t is None else jnp.asarray(np.asarray(t, np.float64).reshape(-1), jnp.real(pair.X).dtype)
-    if t_arr is not None and along == "marginal":
-        _check_times(model.config.sde, t_arr)
-    if along == "reverse" and t is not None:
-        raise ValueError("importance_of_condition: along='reverse' takes the sampler's grid times; leave t=None")
-    out = _model_ioc(model, pair.X, Y, C, pair.attractor, key, t_arr, other, kind, wrt, along,
-                     check_positive_int("importance_of_condition", "samples", samples, 2),
-                     check_positive_int("importance_of_condition", "probes", probes), steps)
+    t, samples, probes, steps = _checked(model.config.sde, kind, wrt, along, Y, C, t, samples, probes, steps, other,
+                                         jnp.real(pair.X).dtype)
+    out = _model_ioc(model, pair.X, Y, C, pair.attractor, key, t, other, kind, wrt, along, samples, probes, steps)
     if not bool(jnp.all(jnp.isfinite(out.value))):
         raise FloatingPointError("importance_of_condition: IoC came out NaN or Inf (a denominator is 0 or the score is not finite)")
     return out

@@ -102,7 +102,7 @@ def _trained(ctx, name: str, config):
     return load_model(export_ema_model(run, ctx.work / f"{name}-model")), summary
 
 
-def _enhanced(model, clean, noisy, key, steps: int):
+def _enhanced(model, noisy, key, steps: int):
     from ..pipeline import EnhanceConfig, enhance
     from ..sampling import SamplerConfig
 
@@ -113,7 +113,7 @@ def _metrics(model, clean, noise, key, steps: int, m: float = 1.0) -> dict:
     from ..metrics import enhancement_metrics
 
     noisy = clean + m * noise
-    est = _enhanced(model, clean, noisy, key, steps)
+    est = _enhanced(model, noisy, key, steps)
     return {k: np.asarray(v, np.float64) for k, v in enhancement_metrics(est, clean, rate=model.config.spec.sample_rate).items()}
 
 
@@ -167,6 +167,7 @@ def _evaluate_schedule(ctx, point):
 
 
 def _evaluate_refine(ctx, point):
+    from ..metrics import si_sdr
     from ..nn import ncsnpp_config
 
     pr = ctx.preset
@@ -182,9 +183,7 @@ def _evaluate_refine(ctx, point):
         met = _metrics(model, clean, noise, jax.random.fold_in(key, 0), pr.sched_sampler_steps)
         row |= {f"{tag}_{k}": float(v.mean()) for k, v in met.items()}
         arrays[f"{tag}_si_sdr_utt"] = met["si_sdr"]
-        from ..metrics import si_sdr
-
-        curve = [float(np.mean(np.asarray(si_sdr(np.asarray(_enhanced(model, clean, clean + m * noise, jax.random.fold_in(key, 0), pr.sched_sampler_steps), np.float64),
+        curve = [float(np.mean(np.asarray(si_sdr(np.asarray(_enhanced(model, clean + m * noise, jax.random.fold_in(key, 0), pr.sched_sampler_steps), np.float64),
                                                   np.asarray(clean, np.float64)))))
                  for m in pr.refine_m]
         arrays[f"{tag}_curve"] = np.asarray(curve)
@@ -327,17 +326,13 @@ def summarize(records, settings) -> Summary:
                                          for m, a, b in zip(ref_arr["m"], ref_arr["one_curve"], ref_arr["two_curve"])]
         figs.append(Figure("refine_mismatch.png", "Mean SI-SDR against the noise amplitude M for the one-stage model and its "
                            "two-stage refinement (same crops and noise).", lambda p: _plot_refine(p, ref_arr)))
-    notes = [f"{len(schedules_of(sz))} schedule(s), each a {sz['sched_score_preset']} score network trained {sz['sched_train_steps']} steps "
+    notes = [f"{len(sz['sched_sigma_min']) * len(sz['sched_sigma_max'])} schedule(s), each a {sz['sched_score_preset']} score network trained {sz['sched_train_steps']} steps "
              f"(batch {sz['sched_batch']} × {sz['sched_frames']} frames, lr {g(sz['sched_lr'])}) on the frozen predictor of the "
              f"checkpoint; {sz['sched_test_utterances']} test crops of {g(sz['sched_seconds'])} s, sampler N = {sz['sched_sampler_steps']}; "
              f"ELBO with {sz['sched_elbo_samples']} draws per term; IoC at t = {list(sz['sched_ioc_times'])} with "
              f"{sz['sched_ioc_samples']} samples × {sz['sched_ioc_probes']} probe(s). Refiner: {sz['refine_preset']}, "
              f"{sz['refine_train_steps']} steps."]
     return Summary(title, tables, verdicts, figs, notes)
-
-
-def schedules_of(sizes_dict) -> list[tuple[float, float]]:
-    return [(a, b) for a in sizes_dict["sched_sigma_min"] for b in sizes_dict["sched_sigma_max"]]
 
 
 EXPERIMENT = register(Experiment(name="schedule", title="S — noise schedule, ELBO, IoC and refinement (S1, S2)", points=points,
