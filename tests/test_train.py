@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import jax
@@ -59,6 +60,15 @@ def _signals(n_utts=5, n=6000, seed=0):
 def dataset() -> PairDataset:
     clean, noise = _signals()
     return PairDataset.from_arrays("synthetic", [f"u{k}" for k in range(len(clean))], clean, noise)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory, dataset) -> tuple[Path, Path]:
+    """``(run folder, exported model)`` of one joint step of ``CFG``: the trained model that the
+    fine-tuning modes start from (read only; a test that changes it works on a copy)."""
+    root = tmp_path_factory.mktemp("base")
+    train(dataclasses.replace(CFG, steps=1), root / "run", dataset)
+    return root / "run", storm_jax.export_ema_model(root / "run", root / "model")
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -172,25 +182,27 @@ def test_correct_reverse_loss_is_the_error_of_the_sampler_output():
     X, Y = spectrograms(mcfg, clean, clean + jnp.asarray(0.1 * r.standard_normal((2, 15 * HOP))))
     assert X.dtype == jnp.complex128 and X.shape == (2, 256, 16)
     key = jax.random.key(3)
-    f = lambda p, w=lam: storm_loss(p, mcfg, "correct-reverse", 0.5, X, Y, key, N, w, eps)
-    loss, parts = f(model.params, 0.0)
+    # one jitted program for the loss without and with the log-magnitude term and the latter's
+    # gradient (XLA shares the sampler between them), so the test compiles once instead of
+    # running the N-step sampler op by op or compiling three programs
+    f = lambda p, w: storm_loss(p, mcfg, "correct-reverse", 0.5, X, Y, key, N, w, eps)
+    both = jax.jit(lambda p: (f(p, 0.0), jax.value_and_grad(lambda q: f(q, lam), has_aux=True)(p)))
+    (loss, parts), ((lm_loss, lm_parts), grads) = both(model.params)
     C = predictor(model, Y)
     cfg = storm_jax.SamplerConfig(steps=N)
     x_hat = np.asarray(storm_jax.sample(model, Y, C, storm_jax.make_draws(key, X.shape, cfg, X.dtype), cfg))
     np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(x_hat - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-12)
     np.testing.assert_allclose(float(parts["loss_predictor"]), np.mean(0.5 * np.sum(np.abs(np.asarray(C - X)) ** 2, axis=(1, 2))), rtol=1e-12)
     assert float(parts["loss_score"]) == float(loss) and "loss_logmag" not in parts
-    lm_loss, lm_parts = f(model.params)
     d = np.log(np.abs(x_hat) ** 2 + eps) - np.log(np.abs(np.asarray(X)) ** 2 + eps)
     hand = np.mean(0.5 * np.sum(d ** 2, axis=(1, 2)))
     np.testing.assert_allclose(float(lm_parts["loss_logmag"]), hand, rtol=1e-12)
     np.testing.assert_allclose(float(lm_loss), float(loss) + lam * hand, rtol=1e-12)
     assert float(lm_parts["loss_score"]) == float(loss)
 
-    grads = jax.grad(lambda p: f(p)[0])(model.params)
     assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads["predictor"]))
     v = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(a.size).standard_normal(a.shape)), model.params["score"])
-    along = lambda h: float(f({**model.params, "score": jax.tree_util.tree_map(lambda a, e: a + h * e, model.params["score"], v)})[0])
+    along = lambda h: float(both({**model.params, "score": jax.tree_util.tree_map(lambda a, e: a + h * e, model.params["score"], v)})[1][0][0])
     delta = 1e-6
     fd = (along(delta) - along(-delta)) / (2 * delta)
     ad = sum(float(jnp.sum(g * e)) for g, e in zip(jax.tree_util.tree_leaves(grads["score"]), jax.tree_util.tree_leaves(v)))
@@ -205,12 +217,11 @@ def test_correct_reverse_loss_is_the_error_of_the_sampler_output():
     assert _fingerprint_dict(dataclasses.replace(crp, logmag_weight=lam), "data")["logmag_weight"] == lam
 
 
-def test_correct_reverse_run_fine_tunes_only_the_score_network(tmp_path, dataset):
+def test_correct_reverse_run_fine_tunes_only_the_score_network(tmp_path, dataset, base_model):
     """A ``correct-reverse`` run from a model directory keeps the predictor bit for bit, changes
     the score network, logs both losses, records ``reverse_steps`` in its fingerprint (a run of
     another N is refused), and other modes keep the fingerprint they had before the field."""
-    train(dataclasses.replace(CFG, steps=1), tmp_path / "base", dataset)
-    src = storm_jax.export_ema_model(tmp_path / "base", tmp_path / "model")
+    base, src = base_model
     cfg = dataclasses.replace(CFG, mode="correct-reverse", reverse_steps=2, steps=2, lr=1e-3, init_from=str(src))
     run = train(cfg, tmp_path / "crp", dataset)
     assert run["step"] == 2 and all(np.isfinite(run["losses"]))
@@ -226,7 +237,7 @@ def test_correct_reverse_run_fine_tunes_only_the_score_network(tmp_path, dataset
     tuned = storm_jax.load_model(storm_jax.export_ema_model(tmp_path / "crp", tmp_path / "crp-model"))
     assert tuned.config.sampler_steps == 2 and loaded.config.sampler_steps is None
     assert json.loads((tmp_path / "crp-model" / "config.json").read_text())["sampler_steps"] == 2
-    assert "sampler_steps" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "sampler_steps" not in json.loads((src / "config.json").read_text())
     from storm_jax._cli_args import sampler_steps
     from types import SimpleNamespace
 
@@ -238,7 +249,7 @@ def test_correct_reverse_run_fine_tunes_only_the_score_network(tmp_path, dataset
     again = dataclasses.replace(CFG, mode="freeze-predictor", steps=1, init_from=str(tmp_path / "crp-model"))
     assert model_config_for(again).sampler_steps is None and init_train_state(again).params["score"] is not None
     assert json.loads((tmp_path / "crp" / "fingerprint.json").read_text())["reverse_steps"] == 2
-    assert "reverse_steps" not in json.loads((tmp_path / "base" / "fingerprint.json").read_text())
+    assert "reverse_steps" not in json.loads((base / "fingerprint.json").read_text())
     with pytest.raises(CheckpointMismatch, match="reverse_steps"):
         train(dataclasses.replace(cfg, reverse_steps=3), tmp_path / "crp", dataset)
     with pytest.raises(ValueError, match="reverse_steps=3 is used only by mode='correct-reverse'"):
@@ -448,10 +459,10 @@ def test_checkpoint_of_a_different_config_is_refused(tmp_path, dataset):
     assert train(dataclasses.replace(cfg, steps=1, log_every=5), tmp_path / "run", dataset)["step"] == 1
 
 
-def test_fine_tune_from_a_model_directory(tmp_path, dataset):
+def test_fine_tune_from_a_model_directory(tmp_path, dataset, base_model):
     """``init_from``: the run starts at the model's weights (EMA too), a frozen predictor stays at
     them, the fingerprint records their digest, and a changed or mismatched model is refused."""
-    train(dataclasses.replace(CFG, steps=2), tmp_path / "base", dataset)
+    shutil.copytree(base_model[0], tmp_path / "base")  # changed below: a copy of the shared run
     src = storm_jax.export_ema_model(tmp_path / "base", tmp_path / "model")
     loaded = storm_jax.load_model(src)
     cfg = dataclasses.replace(CFG, mode="freeze-predictor", lr=1e-5, steps=2, init_from=str(src))
@@ -763,7 +774,8 @@ def test_refine_loss_is_the_error_of_the_refined_sampler_output():
     params = {**model.params, "refiner": jax.tree_util.tree_map(lambda a: a + 0.01, model.params["refiner"])}
     model = model.replace(params=params)
     key = jax.random.key(9)
-    loss, parts = storm_loss(params, mcfg, "refine", 0.5, X, Y, key, N)
+    # the loss and its gradient in one jitted program (eagerly, the N-step sampler runs op by op)
+    (loss, parts), grads = jax.jit(jax.value_and_grad(lambda p: storm_loss(p, mcfg, "refine", 0.5, X, Y, key, N), has_aux=True))(params)
     C = predictor(model, Y)
     cfg = storm_jax.SamplerConfig(steps=N)
     x_hat = storm_jax.sample(model, Y, C, storm_jax.make_draws(key, X.shape, cfg, X.dtype), cfg)
@@ -772,7 +784,6 @@ def test_refine_loss_is_the_error_of_the_refined_sampler_output():
     assert not np.allclose(out, np.asarray(x_hat))
     np.testing.assert_allclose(float(loss), np.mean(0.5 * np.sum(np.abs(out - np.asarray(X)) ** 2, axis=(1, 2))), rtol=1e-5)
     np.testing.assert_allclose(float(parts["loss_score"]), np.mean(0.5 * np.sum(np.abs(np.asarray(x_hat - X)) ** 2, axis=(1, 2))), rtol=1e-5)
-    grads = jax.grad(lambda p: storm_loss(p, mcfg, "refine", 0.5, X, Y, key, N)[0])(params)
     for name in ("predictor", "score"):
         assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads[name]))
     assert any(np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads["refiner"]))
@@ -780,14 +791,13 @@ def test_refine_loss_is_the_error_of_the_refined_sampler_output():
         TrainConfig(model=MODEL, mode="refine")
 
 
-def test_refine_run_trains_only_the_refiner_and_the_pipeline_uses_it(tmp_path, dataset):
+def test_refine_run_trains_only_the_refiner_and_the_pipeline_uses_it(tmp_path, dataset, base_model):
     """A ``refine`` run from a model directory keeps predictor and score network bit for bit,
     trains the refiner, exports a two-stage model (config and weights round-trip, sampler N
     recorded) whose enhancement and pathwise derivative go through the refiner."""
     from storm_jax.model import refine
 
-    train(dataclasses.replace(CFG, steps=1), tmp_path / "base", dataset)
-    src = storm_jax.export_ema_model(tmp_path / "base", tmp_path / "model")
+    src = base_model[1]
     cfg = dataclasses.replace(CFG, mode="refine", reverse_steps=2, steps=2, lr=1e-3, init_from=str(src),
                               model=dataclasses.replace(MODEL, refiner=MODEL.backbone))
     run = train(cfg, tmp_path / "ref", dataset)
@@ -802,7 +812,7 @@ def test_refine_run_trains_only_the_refiner_and_the_pipeline_uses_it(tmp_path, d
     two = storm_jax.load_model(storm_jax.export_ema_model(tmp_path / "ref", tmp_path / "two"))
     assert two.config.refiner == MODEL.backbone and two.config.sampler_steps == 2
     assert "refiner" in json.loads((tmp_path / "two" / "config.json").read_text())
-    assert "refiner" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "refiner" not in json.loads((src / "config.json").read_text())
     # the pipeline's value and derivative are those of x̂ + R(x̂)
     r = np.random.default_rng(2)
     clean = (0.3 * r.standard_normal(4000)).astype(np.float32)
