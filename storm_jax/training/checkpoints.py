@@ -23,7 +23,7 @@ import numpy as np
 from ..data import BatchState
 from ..files import atomic_write
 from ..model import StormModel
-from .config import TrainConfig, model_config_for
+from .config import TrainConfig, _defaults, model_config_for
 from .state import TrainState, init_train_state
 
 __all__ = ["CheckpointDamaged", "CheckpointFallback", "checkpoint_problem", "load_training_checkpoint", "export_ema_model",
@@ -53,7 +53,7 @@ def _fingerprint_dict(config: TrainConfig, data_fp: str, init_digest: str | None
     d["data"] = data_fp
     if d.get("init_from") is not None:
         d["init_params"] = init_digest
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = _defaults()
     for k in _DEFAULT_OMITTED:
         if d.get(k) == defaults[k]:
             d.pop(k, None)  # as runs recorded it before the field existed

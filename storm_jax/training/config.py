@@ -195,9 +195,14 @@ class TrainConfig:
         return json.loads(json.dumps(d))
 
 
+def _defaults() -> dict:
+    """``{field: default}`` of :class:`TrainConfig`."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
 def _foreign_options(config: TrainConfig, mode: str) -> list[str]:
     """A problem per field that only other objectives use and that is set away from its default."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = _defaults()
     users: dict[str, list[str]] = {}
     for o in OBJECTIVES.values():
         if o.public:
