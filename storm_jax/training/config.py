@@ -33,6 +33,9 @@ class CheckpointMismatch(ValueError):
     """A checkpoint directory belongs to a run with a different configuration or data."""
 
 
+_NETWORKS = ("predictor", "score", "refiner")  # the networks a run may take from a model (not a guide)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (hashable, static).
@@ -159,7 +162,7 @@ class TrainConfig:
         if self.init_networks is not None:
             nets = tuple(self.init_networks)
             object.__setattr__(self, "init_networks", nets)
-            if not nets or any(n not in ("predictor", "score", "refiner") for n in nets) or len(set(nets)) != len(nets):
+            if not nets or any(n not in _NETWORKS for n in nets) or len(set(nets)) != len(nets):
                 problems.append(f"init_networks must name 'predictor', 'score' and/or 'refiner' once each, got {list(nets)}")
             if self.init_from is None:
                 problems.append("init_networks needs init_from")

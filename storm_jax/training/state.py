@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from ..model import init_storm
-from .config import TrainConfig, _diff, model_config_for
+from .config import _NETWORKS, TrainConfig, _diff, model_config_for
 
 __all__ = ["TrainState", "ema_init", "ema_update", "learning_rate", "init_train_state"]
 
@@ -97,9 +97,6 @@ def init_train_state(config: TrainConfig, *, load_init: bool = True) -> TrainSta
                       ema=ema_init(params), key=jax.random.key_data(base))
 
 
-_NETWORKS = ("predictor", "score", "refiner")  # the networks a run may take from a model (not a guide)
-
-
 def _load_init(config: TrainConfig) -> dict:
     """The parameters of ``config.init_from`` to start from, ``{network: params or None}``.
 
@@ -135,7 +132,7 @@ def _load_init(config: TrainConfig) -> dict:
     if "score" in names and model.config.has_score and model.config.score_members != 1:
         raise ValueError(f"init_from={spec}: the model is an ensemble of {model.config.score_members} score networks; "
                          "start from one member (StormModel.score_member) or load only its predictor (init_networks)")
-    out: dict = {"predictor": None, "score": None, "refiner": None}
+    out: dict = dict.fromkeys(_NETWORKS)
     for name in names:
         if model.params.get(name) is None:
             raise ValueError(f"init_from={spec}: the model has no {name} network (init_networks={list(names)})")
