@@ -108,11 +108,12 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
 
 
 @contextlib.contextmanager
-def hold_folder(folder: str | os.PathLike, what: str = "run", hint: str = "wait for it or use another --out") -> Iterator[None]:
-    """Hold ``FOLDER/lock`` (advisory ``flock``) for the duration; if another process holds it,
-    raise :class:`FolderBusy`: ``FOLDER is in use by another WHAT (pid P); HINT``."""
+def hold_folder(folder: str | os.PathLike, what: str = "run", hint: str = "wait for it or use another --out",
+                name: str = "lock") -> Iterator[None]:
+    """Hold ``FOLDER/NAME`` (advisory ``flock``; default ``lock``) for the duration; if another
+    process holds it, raise :class:`FolderBusy`: ``FOLDER is in use by another WHAT (pid P); HINT``."""
     folder = Path(folder)
-    path = folder / "lock"
+    path = folder / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, umask_mode())

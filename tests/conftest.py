@@ -3,7 +3,7 @@ import tempfile
 
 # Tests run on the CPU with deterministic float64 available where a tolerance demands it.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 # One persistent compilation cache for every worker and every `storm-jax` subprocess of the suite
 # (and the next run of it), kept out of the user's own cache.
 os.environ.setdefault("STORM_JAX_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "storm-jax-tests-jax-cache"))

@@ -36,17 +36,17 @@ MODEL = ("--checkpoint", "preset:micro")
 DECISION = r"→ (kink|smooth|continuous|discontinuous|undecided|non-degenerate|degenerate|CI excludes 0|CI contains 0)\b"
 
 
-def _env(cache: Path) -> dict:
-    env = dict(os.environ)
+def _env(cache: Path, extra: dict | None = None) -> dict:
+    env = {**os.environ, **(extra or {})}
     env["STORM_JAX_COMPILATION_CACHE"] = str(cache)
     # The CLI computes in float32 like a user's run; the suite's x64 switch must not leak in.
     env.pop("JAX_ENABLE_X64", None)
     return env
 
 
-def _cli(args, cache: Path, *, timeout=900, check=True) -> subprocess.CompletedProcess:
+def _cli(args, cache: Path, *, timeout=900, check=True, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "storm_jax.cli", *args], capture_output=True, text=True,
-                          env=_env(cache), timeout=timeout)
+                          env=_env(cache, env), timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"storm-jax {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
@@ -216,11 +216,11 @@ def test_mismatched_arguments_are_refused(programme, cache):
 # ------------------------------------------------------------------------------ kill -9, resume
 
 
-def _run_until_first_point(args, cache: Path, folder: Path) -> int:
+def _run_until_first_point(args, cache: Path, folder: Path, env: dict | None = None) -> int:
     """Start ``storm-jax args`` and kill -9 it as soon as its first point is stored; the number
     of points it had stored."""
     proc = subprocess.Popen([sys.executable, "-m", "storm_jax.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_env(cache))
+                            stderr=subprocess.PIPE, env=_env(cache, env))
     points = folder / "points"
     deadline = time.monotonic() + 600
     try:
@@ -261,6 +261,84 @@ def test_killed_sweep_resumes_to_the_same_tables(programme, tmp_path, cache):
     assert _tables(broken / "p0") == _tables(whole / "p0")
     rec = json.loads((broken / "p0" / "record.json").read_text())
     assert rec["runs"][-1]["groups"] == []
+
+
+# ------------------------------------------------------------------------------ scale-out
+
+FOUR_DEVICES = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
+
+
+def _rows(folder: Path) -> dict:
+    return {json.dumps(rec["point"], sort_keys=True): rec["row"] for rec, _ in Store(folder).records()}
+
+
+def _agree(a: dict, b: dict, exact: tuple[str, ...], rtol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        for col, x in a[k].items():
+            y = b[k][col]
+            if col in exact or not isinstance(x, float):
+                assert x == y, (k, col, x, y)
+            else:
+                assert abs(x - y) <= rtol * abs(x), (k, col, x, y)
+
+
+def test_four_devices_and_a_resume_on_one_agree_with_one_device(tmp_path, cache):
+    """P0 with its M lanes sharded over 4 forced CPU devices (one lane per device and call, the
+    last call padded) against 1 device at the same lanes per call: StoRM's numbers bit for bit,
+    the predictor's SI-SDR derivative to ≤ 1e-6 relative; a 4-device sweep killed after its
+    first stored point and resumed on 1 device ends with the same rows. The measured agreement at
+    each device's own planned batch (the default) is on the docs' scale-out page."""
+    args = ["experiment", "p0", "--preset", "tiny", *MODEL, "--quiet", "--batch", "1"]
+    one, four, broken = tmp_path / "one", tmp_path / "four", tmp_path / "broken"
+    _cli([*args, "--out", str(one), "--devices", "1"], cache)
+    _cli([*args, "--out", str(four)], cache, env=FOUR_DEVICES)
+    assert json.loads((four / "p0" / "record.json").read_text())["device"]["sweep_devices"] == 4
+    storm = ("si_sdr", "d_si_sdr", "tangent_norm", "si_sdr_noisy")  # bit for bit
+    _agree(_rows(one / "p0"), _rows(four / "p0"), storm, 1e-6)
+    stored = _run_until_first_point([*args, "--out", str(broken)], cache, broken / "p0", env=FOUR_DEVICES)
+    assert 0 < stored < len(EXPERIMENTS["p0"].points(PRESETS["tiny"]))
+    _cli([*args, "--out", str(broken), "--devices", "1"], cache)
+    _agree(_rows(one / "p0"), _rows(broken / "p0"), storm, 1e-6)
+    runs = json.loads((broken / "p0" / "record.json").read_text())["runs"]
+    assert runs[-1]["groups"]  # the resume computed the groups the kill left unfinished (a group is computed whole)
+    bad = _cli([*args, "--out", str(tmp_path / "x"), "--devices", "3"], cache, check=False)
+    assert bad.returncode == 2 and "--devices 3" in bad.stderr and "1 cpu device" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.xdist_group("programme")
+def test_two_processes_share_one_sweep(programme, tmp_path, cache):
+    """Two local processes joined by ``jax.distributed`` (loopback, bounded in time) split P0's
+    groups, meet at a barrier, and process 0 writes the programme's tables; two independent
+    shares (a SLURM array's way) do the same without talking, the second writing the tables."""
+    import socket
+
+    args = ["experiment", "p0", "--preset", "tiny", *MODEL, "--quiet"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    joined = tmp_path / "joined"
+    procs = [subprocess.Popen([sys.executable, "-m", "storm_jax.cli", *args, "--out", str(joined), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache))
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert "P0:" in outs[0][0] and "process 1 of 2: share done" in outs[1][0]
+    assert (joined / "p0" / "lock.1").is_file() and (joined / "p0" / "record.1.json").is_file()
+    assert _tables(joined / "p0") == _tables(programme / "p0") and _rows(joined / "p0") == _rows(programme / "p0")
+    shares = tmp_path / "shares"
+    first = _cli([*args, "--out", str(shares), "--num-processes", "2", "--process-id", "1"], cache)
+    assert "share 1 of 2: done" in first.stdout and "storm-jax report" in first.stdout
+    assert not (shares / "p0" / "tables").exists()
+    _cli([*args, "--out", str(shares), "--num-processes", "2", "--process-id", "0"], cache)
+    assert _tables(shares / "p0") == _tables(programme / "p0")
+    bad = _cli([*args, "--out", str(shares), "--num-processes", "2", "--process-id", "2"], cache, check=False)
+    assert bad.returncode == 2 and "--process-id 2" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -42,7 +42,7 @@ from .jacobians import (
 )
 from .kink import DEFAULT_HS, KinkResult, check_h_resolution, kink_from_slopes, kink_statistic
 from .nonsmooth import NormSwitches, distance_to_switch, normalization_switches
-from .sensitivity import Factorization, factorize, linearized_predictor_derivative, pathwise_derivative, si_sdr_derivative
+from .sensitivity import Factorization, check_finite, factorize, linearized_predictor_derivative, pathwise_derivative, si_sdr_derivative
 
 __all__ = [
     "ConditionImportance",
@@ -72,6 +72,7 @@ __all__ = [
     "NormSwitches",
     "Probes",
     "Spectrum",
+    "check_finite",
     "check_h_resolution",
     "direction_gain",
     "distance_to_switch",

@@ -256,7 +256,11 @@ def prepare(
 
 def check_stages(stages: list[tuple[str, Any]], m) -> None:
     """Raise :class:`NonFiniteTangentError` naming the first stage (in pipeline order) whose
-    value or tangent holds NaN/Inf. ``stages`` is ``[(description, array or None), …]``."""
+    value or tangent holds NaN/Inf. ``stages`` is ``[(description, array or None), …]``.
+    Inside an outer trace (``jit`` of a caller, e.g. a sharded sweep) there is nothing to check
+    yet: the check is the caller's, on the computed arrays (:func:`~storm_jax.analysis.check_finite`)."""
+    if any(_is_traced(arr) for _, arr in stages):
+        return
     for name, arr in stages:
         if arr is None:
             continue

@@ -41,7 +41,7 @@ from ..pipeline import Enhanced, analysis_input, enhance_mixture, mix, synthesis
 from ..sampling import sample
 from ._setup import Prepared, _Static, check_stages, prepare
 
-__all__ = ["pathwise_derivative", "si_sdr_derivative", "factorize", "Factorization", "linearized_predictor_derivative"]
+__all__ = ["check_finite", "pathwise_derivative", "si_sdr_derivative", "factorize", "Factorization", "linearized_predictor_derivative"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def pathwise_derivative(
                 norm_factor=norm_factor, steps=steps, dtype=dtype, power=power)
     value, tangent = _pathwise_core(p.model, p.clean, p.noise, p.m, p.draws, p.norm_factor, p.static)
     if check:
-        check_stages(_enhanced_stages(value, tangent, "pipeline"), p.m)
+        check_finite((value, tangent), p.m)
     return value, tangent
 
 
@@ -297,25 +297,39 @@ def factorize(
                           norm_factor=norm_factor, steps=steps, dtype=dtype, power=power)
     out = _factorize_core(p.model, p.clean, p.noise, p.m, p.draws, p.norm_factor, p.static, bool(check_identity))
     if check:
-        val = out.value
-        check_stages(
-            [
-                ("normalisation factor ν", val.norm),
-                ("analysis Y (STFT, compression)", val.Y),
-                ("predictor C = Π(Y)", val.C),
-                ("sampler output x̂", val.spec),
-                ("waveform ŝ", val.waveform),
-                ("dν/dM (normalisation)", out.dnu),
-                ("v = dY/dM (analysis: STFT, compression)", out.v),
-                ("u = dC/dM (predictor)", out.u),
-                ("K·u (sampler, C channel)", out.Ku),
-                ("L·v (sampler, Y channel)", out.Lv),
-                ("dx̂/dM total (sampler)", out.total),
-                ("waveform terms (synthesis: decompress, iSTFT, ×ν)", out.total_wave),
-            ],
-            p.m,
-        )
+        check_finite(out, p.m)
     return out
+
+
+def _factorization_stages(out: "Factorization") -> list:
+    val = out.value
+    return [
+        ("normalisation factor ν", val.norm),
+        ("analysis Y (STFT, compression)", val.Y),
+        ("predictor C = Π(Y)", val.C),
+        ("sampler output x̂", val.spec),
+        ("waveform ŝ", val.waveform),
+        ("dν/dM (normalisation)", out.dnu),
+        ("v = dY/dM (analysis: STFT, compression)", out.v),
+        ("u = dC/dM (predictor)", out.u),
+        ("K·u (sampler, C channel)", out.Ku),
+        ("L·v (sampler, Y channel)", out.Lv),
+        ("dx̂/dM total (sampler)", out.total),
+        ("waveform terms (synthesis: decompress, iSTFT, ×ν)", out.total_wave),
+    ]
+
+
+def check_finite(result, m) -> None:
+    """The NaN/Inf check of :func:`pathwise_derivative` (a ``(value, tangent)`` pair) or
+    :func:`factorize` (a :class:`Factorization`), for results computed with ``check=False`` or
+    inside an outer ``jit`` — as the sharded sweeps of :mod:`storm_jax.experiments` do, which
+    check the gathered lanes. Raises :class:`NonFiniteTangentError` naming the first stage in
+    pipeline order whose value or tangent is not finite."""
+    if isinstance(result, Factorization):
+        check_stages(_factorization_stages(result), m)
+    else:
+        value, tangent = result
+        check_stages(_enhanced_stages(value, tangent, "pipeline"), m)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def run_named(names, args, *, progress: bool = True) -> Path:
     exps = _load_experiments()
     preset = get_preset(args.preset)
     out = check_output_folder(args.out, "--out")
-    ctx = load_context(preset, args.checkpoint, args.data, args.seed, progress=progress)
+    ctx = load_context(preset, args.checkpoint, args.data, args.seed, progress=progress, devices=args.devices,
+                       batch=args.batch, share=getattr(args, "share", (0, 1, False)))
     for name in names:
         t0 = time.perf_counter()
         run_experiment(exps[name], ctx, out, progress=progress, outputs=False)
@@ -58,12 +59,42 @@ def run_named(names, args, *, progress: bool = True) -> Path:
     return out
 
 
-def cmd_experiment(args) -> int:
-    enable_compilation_cache(args.compilation_cache)
-    run_named([args.name], args, progress=not args.quiet)
-    from .report import build_report
+def _start(args) -> None:
+    """The compilation cache, then this process's share of the sweep (joining ``jax.distributed``
+    before any computation when asked to)."""
+    from .sharding import process_share
 
-    report = build_report(args.out)
+    enable_compilation_cache(args.compilation_cache)
+    args.share = process_share(args.coordinator, args.num_processes, args.process_id)
+
+
+def _report_or_wait(args, names):
+    """The report when this process writes it (process 0 of a coordinated run, or any share that
+    finds every point stored); else ``None`` after one line saying who does."""
+    from .presets import get_preset
+    from .report import build_report
+    from .runner import pending_points
+
+    index, count, coordinated = args.share
+    if count > 1:
+        if coordinated and index > 0:
+            print(f"process {index} of {count}: share done; process 0 writes the report under {args.out}")
+            return None
+        preset = get_preset(args.preset)
+        left = sum(pending_points(_load_experiments()[n], preset, args.out) for n in names)
+        if left:
+            print(f"share {index} of {count}: done; {left} points of other shares remain — "
+                  f"storm-jax report --out {args.out} once they have finished")
+            return None
+    return build_report(args.out)
+
+
+def cmd_experiment(args) -> int:
+    _start(args)
+    run_named([args.name], args, progress=not args.quiet)
+    report = _report_or_wait(args, [args.name])
+    if report is None:
+        return 0
     print(f"{args.name}: tables and figures in {Path(args.out) / args.name}; report {report['md']}")
     for line in report["verdicts"]:
         print(line)
@@ -83,12 +114,12 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     """P0 and E1–E4 at the quick preset on the shipped model and the embedded corpus, then the report."""
-    enable_compilation_cache(args.compilation_cache)
+    _start(args)
     t0 = time.perf_counter()
     run_named(list(EXPERIMENT_ORDER), args, progress=not args.quiet)
-    from .report import build_report
-
-    report = build_report(args.out)
+    report = _report_or_wait(args, list(EXPERIMENT_ORDER))
+    if report is None:
+        return 0
     print(f"storm-jax demo: P0 and E1–E4 ({args.preset} preset) in {time.perf_counter() - t0:.0f} s")
     print(f"report: {report['md']} (and {report['html']})")
     for line in report["verdicts"]:
@@ -105,15 +136,15 @@ def script_main(names, argv=None, description: str | None = None) -> int:
     _common(p, "results")
     args = p.parse_args(argv)
     try:
-        enable_compilation_cache(args.compilation_cache)
+        _start(args)
         t0 = time.perf_counter()
         run_named(names, args, progress=not args.quiet)
-        from .report import build_report
-
-        report = build_report(args.out)
+        report = _report_or_wait(args, names)
     except (ValueError, FileNotFoundError, OutputError) as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         return 2
+    if report is None:
+        return 0
     print(f"{', '.join(names)} in {time.perf_counter() - t0:.0f} s; report {report['md']} (and {report['html']})")
     for line in report["verdicts"]:
         print(line)
@@ -127,6 +158,16 @@ def _common(p: argparse.ArgumentParser, out_default: str | None):
     p.add_argument("--data", default=None, help="'embedded' (default) or a dataset folder with a test split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="shard each point group's M lanes over the first N local devices (default: all)")
+    p.add_argument("--batch", type=int, default=None, metavar="B",
+                   help="lanes per device per call (default: the largest that fits the device memory)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: the jax.distributed coordinator (or $JAX_COORDINATOR_ADDRESS; SLURM is detected)")
+    p.add_argument("--num-processes", type=int, default=None, metavar="P",
+                   help="processes sharing the sweep (with --coordinator: jax.distributed; without: independent shares, "
+                        "e.g. a SLURM array)")
+    p.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index, 0 … P-1")
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
                    help="JAX persistent compilation cache (default $STORM_JAX_COMPILATION_CACHE or the user cache folder)")
 

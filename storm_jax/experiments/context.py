@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,6 +56,12 @@ class Context:
         memo: results shared between experiments of one process (:meth:`memoized`).
         work: the running experiment's folder for state that outlives a killed run (set by the
             runner; ``None`` outside a run).
+        mesh: the local devices the lanes of a group are sharded over (``--devices``; default
+            all); batch: lanes per device per call (``--batch``; ``None``: planned from memory).
+        share: ``(index, count, coordinated)``: this process computes the groups whose index is
+            ``index`` mod ``count``; ``coordinated`` when ``jax.distributed`` joins the processes
+            (then they meet at a barrier and process 0 writes the tables). None of these enters a
+            result or the settings, so a sweep resumes on any device or process count.
     """
 
     model: StormModel
@@ -68,6 +75,22 @@ class Context:
     seed: int
     memo: dict = dataclasses.field(default_factory=dict, repr=False)
     work: Path | None = None
+    mesh: Any = None
+    batch: int | None = None
+    share: tuple[int, int, bool] = (0, 1, False)
+
+    def over_m(self, fn, ms, args: tuple, static: dict | None = None, batch: int | None = None):
+        """:func:`~storm_jax.experiments.sharding.map_lanes` of ``fn(m, *args, **static)`` over
+        the M lanes ``ms``, sharded over :attr:`mesh`, ``batch`` (else :attr:`batch`, else the
+        memory plan, made once per function, lane count and static settings) lanes per device."""
+        from .sharding import map_lanes, plan_batch, sweep_mesh
+
+        static = dict(static or {})
+        mesh = self.mesh if self.mesh is not None else self.memoized(("mesh",), sweep_mesh)
+        ms = np.asarray(ms)
+        key = ("plan", fn, len(ms), mesh.size, tuple(sorted(static.items())))
+        batch = batch or self.batch or self.memoized(key, lambda: plan_batch(fn, ms, *args, mesh=mesh, static=static))
+        return map_lanes(fn, ms, *args, mesh=mesh, batch=batch, static=static)
 
     def memoized(self, key: tuple, compute):
         """``compute()``, remembered under ``key`` for this run (one entry per key; E1 and E2
@@ -113,7 +136,8 @@ def _digest(model: StormModel) -> str:
 
 
 def load_context(preset: Preset, checkpoint: str | None = None, data: str | None = None, seed: int = 0,
-                 progress: bool = True) -> Context:
+                 progress: bool = True, *, devices: int | None = None, batch: int | None = None,
+                 share: tuple[int, int, bool] = (0, 1, False)) -> Context:
     """Resolve ``--checkpoint`` (default the shipped model) and ``--data`` (``embedded`` or a
     dataset folder with a ``test`` split) into a :class:`Context` holding as many utterances as
     the preset's largest experiment needs. Bad names raise ``FileNotFoundError``/``ValueError``
@@ -150,5 +174,10 @@ def load_context(preset: Preset, checkpoint: str | None = None, data: str | None
     silent = [ds.ids[i] for i in range(n) if not np.any(clean[i])]
     if silent:
         raise ValueError(f"--data {data_spec}: utterances {silent} have silent clean speech (SI-SDR is undefined)")
+    if batch is not None and batch < 1:
+        raise ValueError(f"--batch {batch}: need at least one lane per device")
+    from .sharding import sweep_mesh
+
     return Context(model=model, model_spec=spec, model_digest=_digest(model), clean=clean, noise=noise,
-                   ids=tuple(ds.ids[:n]), data_spec=data_spec, preset=preset, seed=int(seed))
+                   ids=tuple(ds.ids[:n]), data_spec=data_spec, preset=preset, seed=int(seed), mesh=sweep_mesh(devices),
+                   batch=batch, share=share)

@@ -12,10 +12,11 @@ J_y·v = L·v = 0 and those two are "not applicable".
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
-from ..analysis import factorize
-from ._common import by_kind, continuity_reason, continuity_verdict, describe_fit, h_list
+from ..analysis import check_finite, factorize
+from ._common import by_kind, continuity_reason, describe_fit
 from .e1 import M_STAR, _plot, offsets_m, probe_set, rho, rho_table, continuity_summary
 from .runner import Experiment, Figure, Summary, register
 
@@ -34,8 +35,19 @@ def factor_set(ctx, u: int, p: int):
     preset's ``rho_hs``, one vmapped pass, memoized: E3 takes its M* factorization from here, so
     it is the same computation whether or not E2 ran before it in the process."""
     ms = offsets_m(ctx.preset.rho_hs)
-    compute = lambda: factorize(ctx.model, ctx.clean[u], ctx.noise[u], np.array(ms), ctx.path_key(u, p), steps=ctx.preset.steps)
+
+    def compute():
+        f = ctx.over_m(_factor_lanes, np.array(ms), (ctx.model, jnp.asarray(ctx.clean[u]), jnp.asarray(ctx.noise[u]),
+                       ctx.path_key(u, p)), {"steps": ctx.preset.steps})
+        check_finite(f, np.array(ms))
+        return f
+
     return ms, ctx.memoized(("factorize", u, p, tuple(ms), ctx.preset.steps), compute)
+
+
+def _factor_lanes(ms, model, clean, noise, key, steps: int):
+    """E2's lanes: :func:`factorize` at every M of ``ms`` (sharded by the caller)."""
+    return factorize(model, clean, noise, ms, key, steps=steps, check=False)
 
 
 def evaluate(ctx, group):

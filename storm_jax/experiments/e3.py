@@ -22,6 +22,7 @@ predictor" when the ablated κ₀'s CI contains 0 while the plain one's excludes
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..analysis import direction_gain, kink_from_slopes, linearized_predictor_derivative, sampler_jacobian, sampler_spectrum, si_sdr_derivative
@@ -61,8 +62,16 @@ def _plain_slopes(ctx, u, p, abl_hs, ms) -> np.ndarray:
         sample = [q for q in p0.points(pre) if (q["utt"], q["path"]) == (u, p)]
         side = {pt["m"]: i for i, pt in enumerate(sample) if pt["kind"] == "side"}
         return np.asarray(p0.curve_set(ctx, u, p)["ds"])[[side[float(m)] for m in ms]]
-    _, d = si_sdr_derivative(ctx.model, ctx.clean[u], ctx.noise[u], ms, ctx.path_key(u, p), steps=pre.steps)
+    _, d = ctx.over_m(_slope_lanes, ms, (ctx.model, jnp.asarray(ctx.clean[u]), jnp.asarray(ctx.noise[u]), ctx.path_key(u, p)), {"steps": pre.steps})
     return np.asarray(d, np.float64)
+
+
+def _slope_lanes(ms, model, clean, noise, key, steps: int):
+    return si_sdr_derivative(model, clean, noise, ms, key, steps=steps, check=False)
+
+
+def _ablation_lanes(ms, model, clean, noise, key, steps: int):
+    return linearized_predictor_derivative(model, clean, noise, ms, key, m_star=M_STAR, steps=steps)
 
 
 def evaluate(ctx, group):
@@ -75,8 +84,10 @@ def evaluate(ctx, group):
     if abl_hs:
         ms = np.array([m for h in abl_hs for m in _side(h)])
         d_plain = _plain_slopes(ctx, u, p, abl_hs, ms)
-        _, d_lin = linearized_predictor_derivative(model, clean, noise, ms, key, m_star=M_STAR, steps=pre.steps)
+        _, d_lin = ctx.over_m(_ablation_lanes, ms, (model, jnp.asarray(clean), jnp.asarray(noise), key), {"steps": pre.steps})
         d_lin = np.asarray(d_lin, np.float64)
+        if not np.all(np.isfinite(d_lin)):
+            raise FloatingPointError("non-finite values first appear at stage 'ablated dSI-SDR/dM (linearized predictor)'")
     for pt in group:
         if pt["kind"] == "factor":
             ms, f = factor_set(ctx, u, p)  # E2's vmapped pass; M* is one of its M

@@ -21,7 +21,6 @@ consistent solve), with its sign.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +54,9 @@ def sizes(preset) -> dict:
                                             "e4_solver", "n_boot")}
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "grid"))
-def _solve(model, clean, noise, ms, path, steps, solver: str, grid: str):
+def _solve(ms, model, clean, noise, path, steps, solver: str, grid: str):
     """``x̂, dx̂/dM, ŝ, SI-SDR, dSI-SDR/dM`` for every M of ``ms`` ``[K]`` on ``path`` with
-    ``steps`` (traced)."""
+    ``steps`` (traced); the lanes of :meth:`Context.over_m`."""
     cfg = EnhanceConfig()
     L = clean.shape[-1]
 
@@ -87,11 +85,11 @@ def evaluate(ctx, group):
     for pt in group:
         with_kappa = pt["grid"] == "consistent" and pt["solver"] == "euler" and pt["N"] <= pre.e4_kappa_max_steps
         ms = [M_STAR] + ([M_STAR * (1 - pre.e4_h), M_STAR * (1 + pre.e4_h)] if with_kappa else [])
-        # One M per call: every point of a solver and grid then shares one compilation (a 3-lane
-        # batch for the κ points would compile a second program for about the same cost as three calls).
-        lanes = [_solve(model, clean, noise, jnp.asarray([m], jnp.float32), path, jnp.asarray(pt["N"]), pt["solver"], pt["grid"])
-                 for m in ms]
-        x, dx, w, s, ds = (jnp.concatenate(parts) for parts in zip(*lanes))
+        # One lane per device and call: every point of a solver and grid then shares one compiled
+        # program (on one device a 3-lane batch for the κ points would compile a second one for
+        # about the cost of three calls; on 4 devices the three lanes run side by side).
+        x, dx, w, s, ds = ctx.over_m(_solve, np.asarray(ms, np.float32), (model, clean, noise, path, jnp.asarray(pt["N"])),
+                                     {"solver": pt["solver"], "grid": pt["grid"]}, batch=1)
         ds = np.asarray(ds, np.float64)
         for name, a in (("x̂", x), ("dx̂/dM", dx), ("dSI-SDR/dM", ds)):
             if not np.all(np.isfinite(np.asarray(a))):

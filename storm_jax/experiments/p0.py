@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..analysis import kink_from_slopes, pathwise_derivative
+from ..analysis import check_finite, kink_from_slopes, pathwise_derivative
 from ..metrics import si_sdr
 from ..pipeline import synthesis
 from ._common import SMOOTH_FRACTION, fmt_ci, g, kappa_panel, pyplot, sample_matrix, save_figure
@@ -65,21 +65,28 @@ def sample_ms(preset, u: int, p: int) -> list[float]:
     return [pt["m"] for pt in points(preset) if (pt["utt"], pt["path"]) == (u, p)]
 
 
+def _curve_lanes(ms, model, clean, noise, key, steps: int):
+    """P0's lanes: ŝ and dŝ/dM at every M of ``ms`` ``[K]`` (one vmapped jvp), the SI-SDRs of
+    StoRM, predictor and noisy input with their M-derivatives, and ‖dŝ/dM‖."""
+    value, tangent = pathwise_derivative(model, clean, noise, ms, key, steps=steps, check=False)
+    metrics = _metrics(model, clean, noise, value.waveform, tangent.waveform, value.C, tangent.C, value.norm, tangent.norm)
+    noisy = si_sdr(clean[None] + ms.astype(clean.dtype)[:, None] * noise[None], clean)
+    return value, tangent, metrics, noisy
+
+
 def curve_set(ctx, u: int, p: int):
     """P0's one vmapped pass for sample ``(u, p)`` — ŝ and dŝ/dM at every M of
     :func:`sample_ms` — and the SI-SDRs of StoRM, predictor and noisy input with their
-    M-derivatives, memoized: E3's plain one-sided slopes come from here, the same computation
-    whether or not P0 ran before it in the process."""
+    M-derivatives, sharded over the context's devices and memoized: E3's plain one-sided slopes
+    come from here, the same computation whether or not P0 ran before it in the process."""
     def compute():
-        clean, noise = ctx.clean[u], ctx.noise[u]
         ms = np.array(sample_ms(ctx.preset, u, p))
-        value, tangent = pathwise_derivative(ctx.model, clean, noise, ms, ctx.path_key(u, p), steps=ctx.preset.steps)
-        s, ds, sp, dsp, tn = (np.asarray(a, np.float64) for a in _metrics(
-            ctx.model, jnp.asarray(clean), jnp.asarray(noise), value.waveform, tangent.waveform, value.C, tangent.C, value.norm,
-            tangent.norm))
-        noisy = np.asarray(si_sdr(jnp.asarray(clean)[None] + jnp.asarray(ms, jnp.float32)[:, None] * jnp.asarray(noise)[None],
-                                  jnp.asarray(clean)), np.float64)
-        return {"ms": list(ms), "value": value, "s": s, "ds": ds, "sp": sp, "dsp": dsp, "tn": tn, "noisy": noisy}
+        value, tangent, metrics, noisy = ctx.over_m(_curve_lanes, ms, (ctx.model, jnp.asarray(ctx.clean[u]),
+                                                    jnp.asarray(ctx.noise[u]), ctx.path_key(u, p)), {"steps": ctx.preset.steps})
+        check_finite((value, tangent), ms)
+        s, ds, sp, dsp, tn = (np.asarray(a, np.float64) for a in metrics)
+        return {"ms": list(ms), "value": value, "s": s, "ds": ds, "sp": sp, "dsp": dsp, "tn": tn,
+                "noisy": np.asarray(noisy, np.float64)}
 
     return ctx.memoized(("p0-curve", u, p, tuple(sample_ms(ctx.preset, u, p)), ctx.preset.steps), compute)
 

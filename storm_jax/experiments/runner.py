@@ -28,7 +28,7 @@ import numpy as np
 from .context import Context
 from .store import Store, StoreError, atomic_write, point_id, write_json
 
-__all__ = ["Experiment", "Summary", "Figure", "run_experiment", "summarize_folder", "write_outputs", "EXPERIMENTS"]
+__all__ = ["Experiment", "Summary", "Figure", "run_experiment", "pending_points", "summarize_folder", "write_outputs", "EXPERIMENTS"]
 
 Rows = list[tuple[dict, dict]]  # [(record {"point", "row"}, arrays)]
 
@@ -145,9 +145,13 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
     ids = [point_id(p) for p in points]
     if len(set(ids)) != len(ids):
         raise StoreError(f"{exp.name}: two points share an id (a bug in the point list)")
-    with store.lock():
+    index, count, coordinated = ctx.share
+    with store.lock(index):
         done = store.done_ids()
-        todo = [g for g in _groups(points, exp.group_by) if any(point_id(p) not in done for p in g)]
+        # this process's share: a fixed function of the group's place in the point list, so a
+        # resumed sweep (any process or device count) computes each group exactly once
+        mine = [g for gi, g in enumerate(_groups(points, exp.group_by)) if gi % count == index]
+        todo = [g for g in mine if any(point_id(p) not in done for p in g)]
         t_start = time.perf_counter()
         n_done = sum(pid in done for pid in ids)
         walls = []
@@ -184,13 +188,26 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
         finally:
             bar.close()
         _append_record(folder, exp, ctx, walls, time.perf_counter() - t_start)
-        if outputs:
-            write_outputs(folder)
+    if coordinated:
+        from .sharding import barrier
+
+        barrier(f"storm-jax {exp.name} {folder}")
+    if outputs and index == 0 and not pending_points(exp, ctx.preset, out):
+        write_outputs(folder)
     return folder
 
 
+def pending_points(exp: Experiment, preset, out: str | os.PathLike) -> int:
+    """How many points of ``exp`` are neither stored nor failed under ``out`` (other shares'
+    work while independent shares still run)."""
+    have = Store(Path(out) / exp.name).done_ids()
+    return sum(point_id(p) not in have for p in exp.points(preset))
+
+
 def _append_record(folder: Path, exp: Experiment, ctx: Context, walls: list, total: float) -> None:
-    file = folder / "record.json"
+    index, count, _ = ctx.share
+    # one record per share: processes of one sweep never rewrite each other's file
+    file = folder / ("record.json" if index == 0 else f"record.{index}.json")
     rec = json.loads(file.read_text()) if file.is_file() else {}
     rec.update({
         "experiment": exp.name,
@@ -198,7 +215,8 @@ def _append_record(folder: Path, exp: Experiment, ctx: Context, walls: list, tot
         "settings": experiment_settings(exp, ctx),
         "preset": ctx.preset.to_dict(),
         "versions": _versions(),
-        "device": _device(),
+        "device": {**_device(), "sweep_devices": ctx.mesh.size if ctx.mesh is not None else 1},
+        "share": {"index": index, "count": count},
     })
     runs = rec.setdefault("runs", [])
     runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(total, 3), "groups": walls})

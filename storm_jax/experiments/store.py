@@ -150,10 +150,12 @@ class Store:
 
     # -------------------------------------------------------------------------------- locking
 
-    def lock(self):
+    def lock(self, share: int = 0):
         """Hold the folder's advisory lock (:func:`storm_jax.files.hold_folder`); a second process
-        is refused with :class:`FolderBusy` naming the folder and the holder's pid."""
-        return hold_folder(self.root, "sweep")
+        is refused with :class:`FolderBusy` naming the folder and the holder's pid. Share ``i > 0``
+        of a sweep split over processes holds ``lock.i`` instead (share 0 holds ``lock``), so the
+        processes of one sweep run side by side and a second copy of any of them is refused."""
+        return hold_folder(self.root, "sweep", name="lock" if share == 0 else f"lock.{share}")
 
     # -------------------------------------------------------------------------------- points
 
