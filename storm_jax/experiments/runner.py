@@ -192,7 +192,8 @@ def run_experiment(exp: Experiment, ctx: Context, out: str | os.PathLike, *, pro
         from .sharding import barrier
 
         barrier(f"storm-jax {exp.name} {folder}")
-    if outputs and index == 0 and not pending_points(exp, ctx.preset, out):
+    # split sweeps: only share 0, and only once every share's points are in
+    if outputs and (count == 1 or (index == 0 and not pending_points(exp, ctx.preset, out))):
         write_outputs(folder)
     return folder
 
