@@ -148,6 +148,21 @@ class BrownianPath(eqx.Module):
         return jax.lax.complex(self.prior[0], self.prior[1])
 
 
+class _UncheckedTree(diffrax.VirtualBrownianTree):
+    """diffrax's tree without its range check on each query (``eqx.error_if``, a host callback:
+    JAX never writes a program holding one to the persistent compilation cache, so every solve
+    would recompile in every process). The solvers query the tree only at the path's own nodes,
+    inside ``[t0, t1]``; a query outside it gives NaN instead of an error."""
+
+    def _evaluate(self, r):
+        r = jnp.where((r < 0) | (r > 1), jnp.nan, r)
+        return jax.tree_util.tree_map(lambda key, shape: self._evaluate_leaf(key, r, shape), self.key, self.shape)
+
+
+# The override uses diffrax's private leaf evaluation; another diffrax falls back to the checked tree.
+_Tree = _UncheckedTree if hasattr(diffrax.VirtualBrownianTree, "_evaluate_leaf") else diffrax.VirtualBrownianTree
+
+
 def brownian_path(
     key: Array,
     shape: tuple[int, ...],
@@ -186,7 +201,7 @@ def brownian_path(
     if not (0 < tol < min_spacing):
         raise ValueError(f"brownian_path: tol must be in (0, {min_spacing:.3g}) (the finest spacing), got {tol}")
     k_tree, k_prior, k_corr = jax.random.split(key, 3)
-    tree = diffrax.VirtualBrownianTree(
+    tree = _Tree(
         t0=jnp.zeros((), dtype),
         t1=jnp.asarray(span, dtype),
         tol=tol,
@@ -398,13 +413,15 @@ def _diffrax_solver(name: str, ode_method: str):
 
 
 def _steps_array(path: BrownianPath | None, steps, check_divides: bool):
-    """Validate ``steps`` (a Python int: at trace time; a traced integer: at run time)."""
+    """``(N, valid)``: a Python int is checked now (``ValueError``); a traced integer scalar is
+    checked at run time without a host callback (a program with one is never written to the
+    persistent compilation cache), so an invalid traced N runs as N = 1 and ``valid`` is false."""
     if isinstance(steps, (int, np.integer)):
         if check_divides:
             _check_steps(path, int(steps))
         elif steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        return jnp.asarray(int(steps), jnp.int32)
+        return jnp.asarray(int(steps), jnp.int32), jnp.asarray(True)
     steps = jnp.asarray(steps)
     if steps.shape != () or not jnp.issubdtype(steps.dtype, jnp.integer):
         raise ValueError(f"steps must be an integer scalar, got shape {steps.shape} dtype {steps.dtype}")
@@ -412,7 +429,7 @@ def _steps_array(path: BrownianPath | None, steps, check_divides: bool):
     bad = steps < 1
     if check_divides:
         bad = bad | (steps > path.finest) | (path.finest % jnp.maximum(steps, 1) != 0)
-    return eqx.error_if(steps, bad, f"steps must be a positive divisor of the path's finest grid ({path.finest if path else ''})")
+    return jnp.where(bad, 1, steps), ~bad
 
 
 def solve_reverse_with_score(
@@ -439,10 +456,15 @@ def solve_reverse_with_score(
             scalar (checked at run time; one compilation then serves every N).
         config: :class:`SolveConfig` (solver, grid, denoise, noise convention, ODE tolerances).
         return_stats: also return diffrax's statistics dict (``num_steps``, …; for the adaptive
-            ODE ``num_accepted_steps``/``num_rejected_steps``).
+            ODE ``num_accepted_steps``/``num_rejected_steps``) with ``successful`` (bool).
 
     Returns:
-        ``x̂`` ``[*shape]`` (complex, dtype of C), and the stats with ``return_stats``.
+        ``x̂`` ``[*shape]`` (complex, dtype of C), and the stats with ``return_stats``. A solve
+        that fails at run time (a traced N that does not divide the path's finest grid, or the
+        adaptive ODE reaching ``max_steps``) returns NaN and ``successful = False`` instead of
+        raising: the SDE solvers' compiled programs then hold no host callback and are written
+        to the persistent compilation cache (JAX never caches a program with one; the ODE's
+        still holds diffrax's check of a traced initial step ``dt0 = length/N``).
     """
     C = jnp.asarray(C)
     if not jnp.iscomplexobj(C):
@@ -451,7 +473,7 @@ def solve_reverse_with_score(
         raise TypeError(f"path must be a BrownianPath (storm_jax.brownian_path), got {type(path).__name__}")
     _check_shape(path, C.shape)
     is_ode = config.solver == "ode"
-    N = _steps_array(path, steps, check_divides=not is_ode)
+    N, valid = _steps_array(path, steps, check_divides=not is_ode)
     rdt = jnp.real(C).dtype
     kappa = noise_scale(config.noise)
     t_lo, slope = _time_map_params(sde, N, config.grid, rdt)
@@ -475,17 +497,15 @@ def solve_reverse_with_score(
     length = (sde.T - sde.t_eps) if config.grid == "consistent" else 1.0
     solver = _diffrax_solver(config.solver, config.ode_method)
     adjoint = diffrax.ForwardMode()
-    stats = {}
 
     if is_ode:
         u_end = jnp.asarray(length, rdt)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(drift), solver, t0=jnp.zeros((), rdt), t1=u_end, dt0=u_end / N.astype(rdt), y0=y0,
             stepsize_controller=diffrax.PIDController(rtol=config.rtol, atol=config.atol),
-            adjoint=adjoint, max_steps=config.max_steps, saveat=diffrax.SaveAt(t1=True),
+            adjoint=adjoint, max_steps=config.max_steps, saveat=diffrax.SaveAt(t1=True), throw=False,
         )
         y = sol.ys[0]
-        stats = sol.stats
     else:
         ts = jnp.asarray(path_nodes(sde, path.finest, config.grid), rdt)  # the finest nodes
         stride = path.finest // N
@@ -497,10 +517,15 @@ def solve_reverse_with_score(
         sol = diffrax.diffeqsolve(
             terms, solver, t0=ts[0], t1=ts[N * stride], dt0=None, y0=y0,
             stepsize_controller=_NestedStepTo(ts=ts, stride=stride),
-            adjoint=adjoint, max_steps=path.finest, saveat=diffrax.SaveAt(t1=True),
+            adjoint=adjoint, max_steps=path.finest, saveat=diffrax.SaveAt(t1=True), throw=False,
         )
         y = sol.ys[0]
-        stats = sol.stats
+    # throw=False: diffrax's error check is a host callback, which would keep the whole solve out
+    # of the persistent compilation cache; a failed solve is NaN instead (stats["successful"]),
+    # its tangents too (a factor NaN, where a `where` would give them zero).
+    ok = valid & (sol.result == diffrax.RESULTS.successful)
+    y = y * jnp.where(ok, 1.0, jnp.nan).astype(y.dtype)
+    stats = {**sol.stats, "successful": ok}
     x = _complex_view(y).astype(C.dtype)
     return (x, stats) if return_stats else x
 
@@ -595,7 +620,7 @@ def solve_reverse(
         raise TypeError(f"path must be a BrownianPath (storm_jax.brownian_path), got {type(path).__name__}")
     if isinstance(steps, (int, np.integer)):
         # Checked now (a clear error at the call), then traced: one compilation serves every N.
-        steps = _steps_array(path, steps, check_divides=config.solver != "ode")
+        steps, _ = _steps_array(path, steps, check_divides=config.solver != "ode")
     return _solve_reverse_jit(model, Y, jnp.asarray(C), path, steps, config, return_stats)
 
 
